@@ -1,0 +1,59 @@
+"""What the passes share while an artifact is being compiled."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import onnx
+import torch
+
+from dmc.models.adapters import Adapter
+from dmc.models.loading import LoadedModel
+from dmc.sampling.calls import SamplerCall
+from dmc.sampling.recipe import Recipe
+
+
+@dataclass
+class GraphVariant:
+    """One graph of the artifact and the torch module that computes the same thing."""
+
+    onnx: onnx.ModelProto
+    module: torch.nn.Module  # torch reference of this graph's computation (FP32)
+    input_names: list[str]
+    output_names: list[str]
+    computes: str  # one line for humans, recorded in the manifest
+    precision: str = "fp32"
+    reference: torch.nn.Module | None = None  # set by passes that change the math (e.g. fake-quant torch model)
+
+
+@dataclass
+class CompileContext:
+    loaded: LoadedModel
+    adapter: Adapter
+    recipe: Recipe
+    calls: list[SamplerCall]
+    graphs: dict[str, GraphVariant] = field(default_factory=dict)
+    passes: list[dict] = field(default_factory=list)  # what each pass did, for the manifest
+    precision: str = "fp32"
+    target: str = "ort-cpu"
+    fidelity_floor_psnr: float = 60.0  # verify refuses an artifact whose samples fall below this
+    extra_files: dict[str, bytes] = field(default_factory=dict)  # path in artifact -> bytes
+    warnings: list[str] = field(default_factory=list)
+
+    def torch_pipeline(self, reference: bool = False):
+        """The runtime's sampler loop around torch modules (FP32, or each graph's reference)."""
+        from dmc.compress.torch_executor import TorchExecutor
+        from dmc.runtimes.pipeline import Pipeline
+
+        modules = {n: (g.reference if reference and g.reference is not None else g.module)
+                   for n, g in self.graphs.items()}
+        executor = TorchExecutor(modules, {n: g.input_names for n, g in self.graphs.items()})
+        cond = self.adapter.conditioning().to_json()
+        return Pipeline(self.recipe, self.calls, self.sample_shape, cond, executor)
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        c, h, w = self.adapter.sample_shape
+        if self.recipe.resolution:
+            h, w = self.recipe.resolution
+        return (c, h, w)

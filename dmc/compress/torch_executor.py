@@ -1,0 +1,21 @@
+"""Run graph variants as torch modules, so the runtime's own sampler loop drives the torch model."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+class TorchExecutor:
+    name = "torch"
+
+    def __init__(self, modules: dict[str, torch.nn.Module], input_names: dict[str, list[str]]):
+        self.modules = modules
+        self.input_names = input_names
+
+    @torch.inference_mode()
+    def run(self, graph: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        args = [torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.input_names[graph]]
+        out = self.modules[graph](*args)
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        return [o.detach().float().numpy() for o in outs]

@@ -1,0 +1,1 @@
+"""Training and reference data the project ships or builds (no downloads)."""

@@ -1,0 +1,37 @@
+"""Export a torch module to ONNX with torch's dynamo exporter and a dynamic batch."""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from contextlib import redirect_stdout
+
+import onnx
+import torch
+
+from dmc.errors import DmcError
+
+DEFAULT_OPSET = 18
+
+
+def export_onnx(module: torch.nn.Module, example_inputs: tuple, input_names: list[str],
+                output_names: list[str], opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """Trace ``module`` on ``example_inputs``; every input's dim 0 is the shared dynamic batch."""
+    module.eval()  # the legacy exporter restores train mode; never export a dropout-active graph
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    dynamic = {name: {0: batch} for name in input_names}
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" noise
+    try:
+        with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                module, example_inputs, input_names=input_names, output_names=output_names,
+                dynamic_shapes=dynamic, dynamo=True, opset_version=opset, verbose=False,
+            )
+            program.optimize()
+    except Exception as e:
+        raise DmcError(f"ONNX export failed: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    model = program.model_proto
+    model.producer_name = "dmc"
+    return model

@@ -1,0 +1,1 @@
+"""Model loading, architecture adapters and the built-in demo models."""
