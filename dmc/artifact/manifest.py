@@ -53,6 +53,16 @@ class Manifest:
     def conditioning(self) -> dict:
         return self.data["model"]["conditioning"]
 
+    def tables(self) -> dict:
+        """Per-call constant arrays (``tables.npz``; loaded without pickle)."""
+        import numpy as np
+
+        rel = self.data.get("tables")
+        if not rel:
+            return {}
+        with np.load(self.root / rel, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+
     def graph_path(self, name: str) -> Path:
         return self.root / self.graphs[name]["file"]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import onnx
 import torch
 
@@ -38,6 +39,7 @@ class CompileContext:
     target: str = "ort-cpu"
     fidelity_floor_psnr: float = 60.0  # verify refuses an artifact whose samples fall below this
     extra_files: dict[str, bytes] = field(default_factory=dict)  # path in artifact -> bytes
+    tables: dict[str, np.ndarray] = field(default_factory=dict)  # per-call constants, written to tables.npz
     warnings: list[str] = field(default_factory=list)
 
     def torch_pipeline(self, reference: bool = False):
@@ -47,9 +49,10 @@ class CompileContext:
 
         modules = {n: (g.reference if reference and g.reference is not None else g.module)
                    for n, g in self.graphs.items()}
-        executor = TorchExecutor(modules, {n: g.input_names for n, g in self.graphs.items()})
+        executor = TorchExecutor(modules, {n: g.input_names for n, g in self.graphs.items()},
+                                 {n: g.output_names for n, g in self.graphs.items()})
         cond = self.adapter.conditioning().to_json()
-        return Pipeline(self.recipe, self.calls, self.sample_shape, cond, executor)
+        return Pipeline(self.recipe, self.calls, self.sample_shape, cond, executor, tables=self.tables)
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:

@@ -59,6 +59,22 @@ def prepare(source: str, options: CompileOptions) -> CompileContext:
     return ctx
 
 
+def reference_pipeline(source: str, recipe: Recipe, config_path: str | None = None):
+    """The uncompressed torch model driven by the runtime's sampler loop (no export): the
+    reference that ``dmc eval`` and calibration compare against."""
+    from dmc.compress.torch_executor import TorchExecutor
+    from dmc.runtimes.pipeline import Pipeline
+
+    loaded = load_model(source, config_path)
+    adapter = make_adapter(loaded.model, loaded.class_name)
+    calls = compile_calls(recipe, loaded.scheduler_config)
+    for c in calls:
+        c.graph = "full"
+    executor = TorchExecutor({"full": adapter}, {"full": adapter.input_names}, {"full": [OUTPUT_NAME]})
+    shape = adapter.sample_shape if not recipe.resolution else (adapter.in_channels, *recipe.resolution)
+    return Pipeline(recipe, calls, shape, adapter.conditioning().to_json(), executor)
+
+
 def compile_model(source: str, out: str | Path, options: CompileOptions | None = None) -> Path:
     options = options or CompileOptions()
     started = time.time()
@@ -70,6 +86,8 @@ def compile_model(source: str, out: str | Path, options: CompileOptions | None =
     with writer:
         _log(options, "writing graphs")
         write_graphs({n: g.onnx for n, g in ctx.graphs.items()}, writer.root / "graphs")
+        if ctx.tables:
+            np.savez(writer.root / "tables.npz", **ctx.tables)
         for rel, data in ctx.extra_files.items():
             (writer.root / rel).parent.mkdir(parents=True, exist_ok=True)
             (writer.root / rel).write_bytes(data)
@@ -113,6 +131,7 @@ def build_manifest(ctx: CompileContext, seconds: float) -> dict:
             for name, g in ctx.graphs.items()
         },
         "weights": "graphs/weights.bin",
+        "tables": "tables.npz" if ctx.tables else None,
         "precision": ctx.precision,
         "target": ctx.target,
         "passes": ctx.passes,

@@ -9,9 +9,14 @@ import torch
 class TorchExecutor:
     name = "torch"
 
-    def __init__(self, modules: dict[str, torch.nn.Module], input_names: dict[str, list[str]]):
+    def __init__(self, modules: dict[str, torch.nn.Module], input_names: dict[str, list[str]],
+                 output_names: dict[str, list[str]]):
         self.modules = modules
         self.input_names = input_names
+        self._output_names = output_names
+
+    def output_names(self, graph: str) -> list[str]:
+        return self._output_names[graph]
 
     @torch.inference_mode()
     def run(self, graph: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

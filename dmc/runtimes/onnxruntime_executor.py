@@ -54,6 +54,9 @@ class OnnxRuntimeExecutor:
             warnings.warn(f"ONNX Runtime fell back from {missing} to {active}", stacklevel=2)
         self.providers = active
 
+    def output_names(self, graph: str) -> list[str]:
+        return [o.name for o in self.sessions[graph].get_outputs()]
+
     def run(self, graph: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         session = self.sessions[graph]
         names = {i.name for i in session.get_inputs()}

@@ -21,13 +21,18 @@ def to_uint8(samples: np.ndarray) -> np.ndarray:
 class Pipeline:
     """Runs a call table with any executor (``run(graph, feeds) -> [outputs]``).
 
+    Output 0 of every graph is the prediction; any further output is a cached tensor kept
+    in ``buffers`` under its output name and fed to later graphs that have an input of that
+    name. ``call.extra["tables"]`` maps graph inputs to per-call constant arrays.
+
     The runtime builds it from a manifest and ONNX Runtime; the compile side builds the
     same loop around torch modules, so references and calibration data come from the
     very sampler the artifact will execute.
     """
 
     def __init__(self, recipe: Recipe, calls: list[SamplerCall], sample_shape: tuple, conditioning: dict,
-                 executor, manifest: Manifest | None = None):
+                 executor, manifest: Manifest | None = None, tables: dict[str, np.ndarray] | None = None):
+        self.tables = tables or {}
         self.recipe = recipe
         self.calls = calls
         self.sample_shape = tuple(sample_shape)
@@ -37,7 +42,8 @@ class Pipeline:
 
     @classmethod
     def from_manifest(cls, manifest: Manifest, executor) -> "Pipeline":
-        return cls(manifest.recipe, manifest.calls, manifest.sample_shape, manifest.conditioning, executor, manifest)
+        return cls(manifest.recipe, manifest.calls, manifest.sample_shape, manifest.conditioning, executor,
+                   manifest, manifest.tables())
 
     def __call__(self, n: int = 1, seed: int | None = None, class_labels=None, batch_size: int = 16,
                  first: int = 0, progress: bool = False) -> np.ndarray:
@@ -93,11 +99,17 @@ class Pipeline:
             null = np.full(n, self.cond["null_class"], dtype=np.int64)
             cond_feed["class_labels"] = np.concatenate([null, labels]) if guided else labels
         history: list = []
+        buffers: dict[str, np.ndarray] = {}  # cached tensors, named by the graph output that wrote them
         for k, call in enumerate(self.calls):
             xin = np.concatenate([x, x]) if guided else x
             t = np.full(len(xin), call.timestep, dtype=np.float32)
-            feeds = {"sample": xin, "timestep": t, **cond_feed}
-            raw = self.executor.run(call.graph, feeds)[0]
+            feeds = {"sample": xin, "timestep": t, **cond_feed, **buffers}
+            for name, key in call.extra.get("tables", {}).items():  # per-call constants (e.g. corrections)
+                feeds[name] = self.tables[key]
+            outs = self.executor.run(call.graph, feeds)
+            raw = outs[0]
+            for name, value in zip(self.executor.output_names(call.graph)[1:], outs[1:]):
+                buffers[name] = value
             out = guide(raw, n, self.recipe.guidance) if guided else raw
             x = sampler_update(call, x, out, history)
             if on_call is not None:
