@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--resume", action="store_true", help="start from the shipped weights (model and EMA)")
     args = ap.parse_args()
 
     from diffusers import DDPMScheduler
@@ -51,6 +52,10 @@ def main() -> None:
     images, labels = torch.from_numpy(images), torch.from_numpy(labels)
     sched = DDPMScheduler(**SCHEDULER_CONFIG)
     model = build(args.model).train()
+    if args.resume:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(demo_path(args.model))))
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     budget = args.minutes * 60

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import sys
 import time
@@ -46,6 +47,9 @@ def prepare(source: str, options: CompileOptions) -> CompileContext:
 
     loaded = load_model(source, options.config_path)
     adapter = make_adapter(loaded.model, loaded.class_name)
+    if options.recipe.guidance is None:  # auto: guide class-conditional models
+        guidance = 2.0 if adapter.conditioning().kind == "class" else 1.0
+        options.recipe = dataclasses.replace(options.recipe, guidance=guidance)
     if options.recipe.guided and adapter.conditioning().kind != "class":
         raise DmcError("--guidance > 1 needs a class-conditional model (this one has "
                        f"conditioning {adapter.conditioning().kind!r})")

@@ -16,11 +16,15 @@ DEFAULT_OPSET = 18
 
 
 def export_onnx(module: torch.nn.Module, example_inputs: tuple, input_names: list[str],
-                output_names: list[str], opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
-    """Trace ``module`` on ``example_inputs``; every input's dim 0 is the shared dynamic batch."""
+                output_names: list[str], opset: int = DEFAULT_OPSET,
+                static_inputs: tuple[str, ...] = ()) -> onnx.ModelProto:
+    """Trace ``module`` on ``example_inputs``; every input's dim 0 is the shared dynamic batch,
+    except inputs named in ``static_inputs`` (per-call constants such as correction tables),
+    whose shapes are fixed."""
     module.eval()  # the legacy exporter restores train mode; never export a dropout-active graph
     batch = torch.export.Dim("batch", min=1, max=4096)
-    dynamic = {name: {0: batch} for name in input_names}
+    # Positional, so graph input names need not be Python identifiers (e.g. "cache.deep").
+    dynamic = tuple(None if name in static_inputs else {0: batch} for name in input_names)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" noise
     try:
         with warnings.catch_warnings(), redirect_stdout(io.StringIO()):

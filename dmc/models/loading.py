@@ -13,7 +13,7 @@ from pathlib import Path
 
 from dmc.errors import DmcError
 from dmc.models import detect
-from dmc.models.builtin import DEMO_MODELS, demo_path
+from dmc.models.builtin import DEMO_MODELS, SCHEDULER_CONFIG, demo_path
 from dmc.models.checkpoint import META_CLASS, META_CONFIG, META_SCHEDULER
 from dmc.models.safetensors_file import load_tensors, refuse_pickle
 
@@ -131,7 +131,12 @@ def load_model(source: str, config_path: str | None = None) -> LoadedModel:
         for a in assumptions:
             warnings.warn(f"{name}: config inferred from tensor shapes, assuming {a}", stacklevel=2)
     model = _instantiate(class_name, config, state, name)
-    scheduler = json.loads(metadata[META_SCHEDULER]) if META_SCHEDULER in metadata else _scheduler_config_near(weights)
+    if source in DEMO_MODELS:  # the demo's schedule is defined in code, not in the file
+        scheduler = dict(SCHEDULER_CONFIG)
+    elif META_SCHEDULER in metadata:
+        scheduler = json.loads(metadata[META_SCHEDULER])
+    else:
+        scheduler = _scheduler_config_near(weights)
     clean = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
     return LoadedModel(model, class_name, clean, scheduler, name, weights, sha256_file(weights), assumptions)
 

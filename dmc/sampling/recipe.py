@@ -13,7 +13,7 @@ SAMPLERS = ("ddim", "dpm++2m")
 class Recipe:
     sampler: str = "ddim"
     steps: int = 20
-    guidance: float = 1.0  # <= 1 means no classifier-free guidance (a single batch)
+    guidance: float | None = 1.0  # <= 1: no classifier-free guidance; None: 2.0 for class-conditional models
     seed: int = 0  # default seed for calibration, verification and `dmc run`
     resolution: tuple[int, int] | None = None  # None: the model's sample_size
 
@@ -22,12 +22,12 @@ class Recipe:
             raise DmcError(f"unknown sampler {self.sampler!r} (choose from {', '.join(SAMPLERS)})")
         if not 1 <= self.steps <= 1000:
             raise DmcError(f"steps must be between 1 and 1000, got {self.steps}")
-        if self.guidance < 0:
+        if self.guidance is not None and self.guidance < 0:
             raise DmcError(f"guidance must be >= 0, got {self.guidance}")
 
     @property
     def guided(self) -> bool:
-        return self.guidance > 1.0
+        return self.guidance is not None and self.guidance > 1.0
 
     def to_json(self) -> dict:
         d = asdict(self)

@@ -1,0 +1,82 @@
+"""``dmc inspect``: a readable summary of an artifact, extended by the passes' own describers."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from dmc.artifact import read_manifest
+
+# Each pass package may offer `describe(manifest) -> dict`; imported lazily so a runtime-only
+# install (no torch) can still inspect what it can.
+DESCRIBERS = ("dmc.quantize", "dmc.cache")
+
+
+def describe(artifact: str | Path, schedule_png: str | None = None) -> dict:
+    manifest = read_manifest(artifact, verify=True)
+    d = manifest.data
+    root = manifest.root
+    graphs = {
+        name: {"computes": g["computes"], "precision": g.get("precision"),
+               "bytes": (root / g["file"]).stat().st_size,
+               "calls": sum(1 for c in manifest.calls if c.graph == name)}
+        for name, g in manifest.graphs.items()
+    }
+    info = {
+        "artifact": str(root),
+        "format_version": d["format_version"],
+        "model": {k: d["model"][k] for k in ("class", "family", "source", "parameters", "sample_shape",
+                                             "conditioning")},
+        "recipe": d["recipe"],
+        "calls": len(manifest.calls),
+        "timesteps": [c.timestep for c in manifest.calls],
+        "graphs": graphs,
+        "weights_bytes": (root / d["weights"]).stat().st_size,
+        "total_bytes": sum(p.stat().st_size for p in root.rglob("*") if p.is_file()),
+        "precision": d["precision"],
+        "target": d["target"],
+        "passes": [p.get("name") for p in d.get("passes", [])],
+        "verification": d.get("verification"),
+        "provenance": d["provenance"],
+    }
+    for module in DESCRIBERS:
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            continue
+        fn = getattr(mod, "describe", None)
+        if fn is not None:
+            extra = fn(manifest, schedule_png=schedule_png) if module == "dmc.cache" else fn(manifest)
+            if extra:
+                info[module.split(".")[-1]] = extra
+    return info
+
+
+def format_text(info: dict) -> str:
+    m, r = info["model"], info["recipe"]
+    lines = [
+        f"artifact   {info['artifact']}  (format v{info['format_version']}, {info['total_bytes'] / 1e6:.2f} MB)",
+        f"model      {m['class']} ({m['family']}), {m['parameters'] / 1e6:.2f} M params, sample {m['sample_shape']}, "
+        f"conditioning {m['conditioning']['kind']}",
+        f"recipe     {r['sampler']}, {r['steps']} steps, guidance {r['guidance']}, seed {r['seed']}",
+        f"calls      {info['calls']}  timesteps {_short([round(t) for t in info['timesteps']])}",
+        f"precision  {info['precision']}  target {info['target']}  passes {info['passes'] or '-'}",
+        "graphs",
+    ]
+    for name, g in info["graphs"].items():
+        lines.append(f"  {name:<12} {g['precision']:<5} {g['bytes'] / 1e3:8.1f} kB  {g['calls']:3d} calls  "
+                     f"{g['computes']}")
+    lines.append(f"weights    {info['weights_bytes'] / 1e6:.2f} MB shared by all graphs")
+    v = info.get("verification")
+    if v:
+        lines.append(f"verified   {v['images']} images, PSNR {v['psnr_db']:.1f} dB vs torch (floor {v['floor_psnr_db']})")
+    for key in ("quantize", "cache"):
+        for line in (info.get(key) or {}).get("text", []):
+            lines.append(line)
+    return "\n".join(lines)
+
+
+def _short(values: list, keep: int = 6) -> str:
+    if len(values) <= 2 * keep:
+        return str(values)
+    return f"[{', '.join(map(str, values[:keep]))}, ..., {', '.join(map(str, values[-keep:]))}]"
