@@ -50,9 +50,8 @@ def prepare(source: str, options: CompileOptions) -> CompileContext:
     if options.recipe.guidance is None:  # auto: guide class-conditional models
         guidance = 2.0 if adapter.conditioning().kind == "class" else 1.0
         options.recipe = dataclasses.replace(options.recipe, guidance=guidance)
-    if options.recipe.guided and adapter.conditioning().kind != "class":
-        raise DmcError("--guidance > 1 needs a class-conditional model (this one has "
-                       f"conditioning {adapter.conditioning().kind!r})")
+    if options.recipe.guided and adapter.conditioning().kind == "none":
+        raise DmcError("--guidance > 1 needs a conditional model (this one is unconditional)")
     calls = compile_calls(options.recipe, loaded.scheduler_config)
     ctx = CompileContext(loaded, adapter, options.recipe, calls)
     c, h, w = ctx.sample_shape

@@ -66,8 +66,24 @@ class Pipeline:
             raise DmcError(f"class labels must be in 0..{self.cond['num_classes'] - 1}")
         return labels
 
+    def embeddings_for(self, n: int, embeddings, uncond) -> tuple[np.ndarray, np.ndarray] | None:
+        """Per-image conditioning embeddings ``[n, S, D]`` and the unconditional ones (default zeros)."""
+        if self.cond["kind"] != "embedding":
+            if embeddings is not None:
+                raise DmcError("this model takes no embeddings")
+            return None
+        shape = tuple(self.cond["embedding_shape"])
+        emb = np.zeros((n, *shape), np.float32) if embeddings is None else np.asarray(embeddings, np.float32)
+        emb = np.broadcast_to(emb, (n, *shape)) if emb.ndim == 2 else emb
+        un = np.zeros((n, *shape), np.float32) if uncond is None else np.broadcast_to(
+            np.asarray(uncond, np.float32), (n, *shape))
+        if emb.shape != (n, *shape):
+            raise DmcError(f"embeddings must have shape [{n}, {shape[0]}, {shape[1]}], got {list(emb.shape)}")
+        return emb, un
+
     def sample(self, n: int = 1, seed: int | None = None, class_labels=None, batch_size: int = 16,
-               first: int = 0, progress: bool = False, on_call: Callable | None = None) -> np.ndarray:
+               first: int = 0, progress: bool = False, on_call: Callable | None = None,
+               embeddings=None, uncond_embeddings=None) -> np.ndarray:
         """Final samples ``[n, C, H, W]`` (float32, model space).
 
         ``on_call(k, feeds, out, x_next)`` sees every model call: the trajectory recorder's hook.
@@ -76,6 +92,7 @@ class Pipeline:
             raise DmcError("n must be at least 1")
         seed = self.recipe.seed if seed is None else seed
         labels = self.labels_for(n, class_labels, first)
+        emb = self.embeddings_for(n, embeddings, uncond_embeddings)
         bar = None
         if progress:
             from tqdm import tqdm
@@ -85,19 +102,22 @@ class Pipeline:
         for start in range(0, n, batch_size):
             b = min(batch_size, n - start)
             x = initial_noise(seed, b, self.sample_shape, first + start)
-            y = None if labels is None else labels[start:start + b]
-            chunks.append(self._run_batch(x, y, bar, on_call))
+            cond, uncond = {}, {}
+            if labels is not None:
+                cond["class_labels"] = labels[start:start + b]
+                uncond["class_labels"] = np.full(b, self.cond["null_class"], dtype=np.int64)
+            if emb is not None:
+                cond["encoder_hidden_states"] = emb[0][start:start + b]
+                uncond["encoder_hidden_states"] = emb[1][start:start + b]
+            chunks.append(self._run_batch(x, cond, uncond, bar, on_call))
         if bar is not None:
             bar.close()
         return np.concatenate(chunks)
 
-    def _run_batch(self, x: np.ndarray, labels, bar, on_call) -> np.ndarray:
+    def _run_batch(self, x: np.ndarray, cond: dict, uncond: dict, bar, on_call) -> np.ndarray:
         n = len(x)
         guided = self.recipe.guided
-        cond_feed = {}
-        if labels is not None:
-            null = np.full(n, self.cond["null_class"], dtype=np.int64)
-            cond_feed["class_labels"] = np.concatenate([null, labels]) if guided else labels
+        cond_feed = {k: np.concatenate([uncond[k], v]) for k, v in cond.items()} if guided else cond
         history: list = []
         buffers: dict[str, np.ndarray] = {}  # cached tensors, named by the graph output that wrote them
         for k, call in enumerate(self.calls):
