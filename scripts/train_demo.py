@@ -42,10 +42,12 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true", help="start from the shipped weights (model and EMA)")
+    ap.add_argument("--out", default=None, help="where to write (default: the shipped weights file)")
     args = ap.parse_args()
 
     from diffusers import DDPMScheduler
 
+    out = args.out or demo_path(args.model)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     images, labels = load_digits_split("train")
@@ -86,8 +88,8 @@ def main() -> None:
         step += 1
         if step % 100 == 0:
             print(f"step {step} {elapsed:.0f}s loss {np.mean(losses[-100:]):.4f}", flush=True)
-            save_model(ema, demo_path(args.model), SCHEDULER_CONFIG)
-    save_model(ema, demo_path(args.model), SCHEDULER_CONFIG)
+            save_model(ema, out, SCHEDULER_CONFIG)
+    save_model(ema, out, SCHEDULER_CONFIG)
     print(f"done: {step} steps, final loss {np.mean(losses[-100:]):.4f}", flush=True)
 
 
