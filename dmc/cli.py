@@ -119,7 +119,14 @@ def run(artifact, n, seed, class_label, out, provider, threads):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @click.option("--schedule-png", type=click.Path(), help="Also draw the cache schedule to this PNG.")
 def inspect(artifact, as_json, schedule_png):
-    """Show what ARTIFACT holds: model, recipe, graphs, passes, INT8 coverage, cache schedule."""
+    """Show what ARTIFACT holds: model, recipe, graphs, passes, INT8 coverage, cache schedule.
+
+    \b
+    Examples:
+      dmc inspect demo.dmc
+      dmc inspect fast.dmc --schedule-png schedule.png
+      dmc inspect demo.dmc --json | jq .graphs
+    """
     from dmc.inspect import describe, format_text
 
     info = describe(artifact, schedule_png=schedule_png)
@@ -134,7 +141,12 @@ def inspect(artifact, as_json, schedule_png):
 @click.option("--force", is_flag=True)
 @click.pass_context
 def demo(ctx, out, png, int8, cache, force):
-    """Compile the built-in digits UNet and sample a grid from the artifact (works offline)."""
+    """Compile the built-in digits UNet and sample a grid from the artifact (works offline).
+
+    \b
+    Example:
+      dmc demo --out demo.dmc --png digits.png
+    """
     ctx.invoke(compress, model="demo", out=out, int8=int8, cache=cache, force=force)
     ctx.invoke(run, artifact=out, n=20, out=png)
 
