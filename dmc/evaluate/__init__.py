@@ -1,5 +1,6 @@
-"""Evaluation metrics for ``dmc eval``: Frechet distance on pluggable features and
-paired same-seed fidelity (RMSE / PSNR / SSIM) against the uncompressed model."""
+"""Evaluation: metrics (Frechet distance on pluggable features, paired same-seed RMSE / PSNR /
+SSIM against the uncompressed model) and the commands built on them: ``evaluate`` (dmc eval),
+``benchmark`` (dmc bench), ``check`` (dmc check, the CI gate) and ``report`` (dmc report)."""
 
 from dmc.evaluate.features import (
     DigitsClassifier,
@@ -19,8 +20,21 @@ from dmc.evaluate.frechet import (
 )
 from dmc.evaluate.paired import PSNR_CAP_DB, paired_fidelity, psnr_from_rmse
 
+# The commands' Python API (light imports: the runtimes and torch load when called). Imported
+# eagerly so ``dmc.evaluate.evaluate`` is the function, not the submodule of the same name.
+from dmc.evaluate.bench import benchmark
+from dmc.evaluate.evaluate import evaluate
+from dmc.evaluate.gate import Thresholds, check, load_thresholds
+from dmc.evaluate.report import report
+
 __all__ = [
     "PSNR_CAP_DB",
+    "Thresholds",
+    "benchmark",
+    "check",
+    "evaluate",
+    "load_thresholds",
+    "report",
     "DigitsClassifier",
     "FeatureExtractor",
     "InceptionFeatures",

@@ -68,10 +68,15 @@ def frechet_with_ci(
     n_boot: int = 200,
     seed: int = 0,
     alpha: float = 0.05,
+    strata: np.ndarray | None = None,
 ) -> dict[str, float | int]:
     """FD with a ``1 - alpha`` bootstrap interval over the generated samples.
 
     Rows of ``feats_gen`` are resampled with replacement; the reference is fixed.
+    With ``strata`` (one label per row, e.g. the class each image was asked for) rows are
+    resampled within each stratum, so every replicate keeps the class mix of the design:
+    when ``dmc eval`` fixes the labels, class imbalance is not a source of noise, and an
+    unstratified bootstrap (whose replicates vary the mix) would overstate the spread.
     Replicates use Tr((S_g S_r)^(1/2)) = sum sqrt(eig(R S_g R)), R = S_r^(1/2), which
     is exact for PSD covariances and needs one ``eigvalsh`` each (fast at d = 2048).
     Resampling with replacement inflates every replicate (duplicated rows), so the
@@ -84,9 +89,19 @@ def frechet_with_ci(
     root_r = _psd_sqrt(sigma_r)
     base = np.trace(sigma_r)
     rng = np.random.default_rng(seed)
+    groups = None
+    if strata is not None:
+        strata = np.asarray(strata).reshape(-1)
+        if len(strata) != len(gen):
+            raise ValueError(f"strata has {len(strata)} labels for {len(gen)} feature rows")
+        groups = [np.flatnonzero(strata == s) for s in np.unique(strata)]
     reps = np.empty(n_boot)
     for b in range(n_boot):
-        mu_g, sigma_g = feature_stats(gen[rng.integers(0, len(gen), len(gen))])
+        if groups is None:
+            pick = rng.integers(0, len(gen), len(gen))
+        else:
+            pick = np.concatenate([g[rng.integers(0, len(g), len(g))] for g in groups])
+        mu_g, sigma_g = feature_stats(gen[pick])
         eig = np.linalg.eigvalsh(root_r @ sigma_g @ root_r)
         diff = mu_g - mu_r
         reps[b] = diff @ diff + np.trace(sigma_g) + base - 2.0 * np.sqrt(np.clip(eig, 0.0, None)).sum()
@@ -103,6 +118,7 @@ def frechet_with_ci(
         "n_boot": n_boot,
         "alpha": alpha,
         "boot_bias": bias,
+        "stratified": groups is not None,
     }
 
 
