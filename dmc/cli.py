@@ -39,7 +39,7 @@ def _pass_configs(int8: bool, cache: bool, opts: dict) -> list:
         from dmc.cache import CacheConfig
 
         kw = {"schedule": opts["cache_schedule"], "interval": opts["cache_interval"]}
-        passes.append(CacheConfig(**kw))
+        passes.append(CacheConfig(**{k: v for k, v in kw.items() if v is not None}))
     if int8:
         from dmc.quantize import QuantizeConfig
 
@@ -67,8 +67,9 @@ def _pass_configs(int8: bool, cache: bool, opts: dict) -> list:
 @click.option("--profile", type=click.Choice(["ort-cpu", "trt"]), default="ort-cpu", show_default=True,
               help="Q/DQ rules of the target: ort-cpu (fastest here) or trt (TensorRT: symmetric int8).")
 @click.option("--cache", is_flag=True, help="Feature caching (DeepCache for UNets, block caching for DiTs).")
-@click.option("--cache-schedule", type=click.Choice(["uniform", "dp", "bac"]), default="dp", show_default=True)
-@click.option("--cache-interval", type=int, default=3, show_default=True)
+@click.option("--cache-schedule", type=click.Choice(["uniform", "dp", "bac"]), default=None,
+              help="Refresh schedule: uniform, CacheQuant's dp, or BAC (DiT blocks). Default: the pass's own.")
+@click.option("--cache-interval", type=int, default=None, help="N: about one full call in N (default 3).")
 @click.option("--opset", type=int, default=18, show_default=True)
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 def compress(model, out, sampler, steps, guidance, seed, config_path, int8, cache, opset, force, **opts):

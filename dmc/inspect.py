@@ -40,13 +40,15 @@ def describe(artifact: str | Path, schedule_png: str | None = None) -> dict:
         "provenance": d["provenance"],
     }
     for module in DESCRIBERS:
+        if module == "dmc.quantize" and d["precision"] == "fp32":
+            continue
         try:
             mod = importlib.import_module(module)
         except ImportError:
             continue
         fn = getattr(mod, "describe", None)
         if fn is not None:
-            extra = fn(manifest, schedule_png=schedule_png) if module == "dmc.cache" else fn(manifest)
+            extra = fn(manifest, schedule_png=schedule_png) if module == "dmc.cache" else fn(manifest.root)
             if extra:
                 info[module.split(".")[-1]] = extra
     return info
@@ -70,9 +72,13 @@ def format_text(info: dict) -> str:
     v = info.get("verification")
     if v:
         lines.append(f"verified   {v['images']} images, PSNR {v['psnr_db']:.1f} dB vs torch (floor {v['floor_psnr_db']})")
-    for key in ("quantize", "cache"):
-        for line in (info.get(key) or {}).get("text", []):
-            lines.append(line)
+    quant = info.get("quantize") or {}
+    for name, g in (quant.get("graphs") or {}).items():
+        problems = g.get("profile_problems") or []
+        check = "ok" if not problems else f"{len(problems)} problem(s): {problems[0]}"
+        lines.append(f"int8       {name:<12} {g.get('summary', '')}  [{g.get('profile')} profile {check}]")
+    for line in (info.get("cache") or {}).get("text", []):
+        lines.append(line)
     return "\n".join(lines)
 
 

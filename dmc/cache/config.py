@@ -1,0 +1,57 @@
+"""``CacheConfig``: what ``dmc compress --cache`` asks of the cache pass."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from dmc.errors import DmcError
+
+SCHEDULES = ("auto", "uniform", "dp", "bac")
+
+
+@dataclass
+class CacheConfig:
+    """Feature caching (DeepCache for UNets, block caching for DiTs).
+
+    - ``schedule``: "auto" ("dp" for UNets, "bac" for DiTs), "uniform" (every ``interval``-th call
+      refreshes), "dp" (CacheQuant's DPS on the
+      recorded FP features, ``algorithms.md`` §5.2) or "bac" (DiT: per-block ACS + Bubbling Union, §6;
+      for a UNet, which has one cache point, "bac" runs ACS on that point).
+    - ``interval``: N of DeepCache's 1:N; about K/N calls refresh.
+    - ``branch``: UNet skip branch kept live (0 = the shallowest: only conv_in, the first down
+      block's resnets and the last up block run on cached calls).
+    - ``correction``: CacheQuant's DEC cache correction a1[k], b1[k] (per channel, per call).
+    - ``full_first``: leading calls that always refresh; None = the sampler's order (2 for dpm++2m).
+    - ``budget``/``n_bubbling``/``max_variants``: BAC refreshes per block, bubbled blocks, and the cap
+      on distinct per-call graphs (DiT). ``budget`` None = ceil(K / interval).
+    - ``seed``/``num_samples``: the seeded FP trajectory whose features drive the schedule search and
+      the correction fit (None seed = the recipe's seed).
+    """
+
+    schedule: str = "auto"
+    interval: int = 3
+    branch: int = 0
+    correction: bool = True
+    full_first: int | None = None
+    max_variants: int | None = 4
+    budget: int | None = None
+    n_bubbling: int = 3
+    seed: int | None = None
+    num_samples: int = 8
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise DmcError(f"unknown cache schedule {self.schedule!r} (choose from {', '.join(SCHEDULES)})")
+        if self.interval < 1:
+            raise DmcError(f"cache interval must be >= 1, got {self.interval}")
+        if self.branch < 0:
+            raise DmcError(f"cache branch must be >= 0, got {self.branch}")
+        if self.full_first is not None and self.full_first < 1:
+            raise DmcError(f"full_first must be >= 1 (the first call has nothing cached), got {self.full_first}")
+        if self.num_samples < 1:
+            raise DmcError(f"num_samples must be >= 1, got {self.num_samples}")
+        if self.max_variants is not None and self.max_variants < 1:
+            raise DmcError(f"max_variants must be >= 1, got {self.max_variants}")
+
+    def to_json(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,353 @@
+"""Per-branch feature caching for diffusers' ``DiTTransformer2DModel`` (L2C/HarmoniCa/BAC style).
+
+Each of the L ``BasicTransformerBlock``s (``norm_type="ada_norm_zero"``) has two residual
+branches, attention and MLP. The cache holds a branch's output *before* the adaLN gate
+(``algorithms.md`` §7, §10.2.3); the gates, shifts and scales come from the current call's
+timestep and class, so they are recomputed at every call::
+
+    h = h + gate_msa * attn(norm1(h) * (1 + scale_msa) + shift_msa)       # "cache.b{i}.attn"
+    h = h + gate_mlp * ff(norm3(h) * (1 + scale_mlp) + shift_mlp)         # "cache.b{i}.mlp"
+
+Branch index j = 2·i + (0 for attention, 1 for MLP): index order is depth order and the odd
+indices are the FFN branches (what ``schedules.bac`` needs).
+
+``DiTCachedStep(adapter, pattern)`` re-implements the DiT forward with the model's own
+submodules under the same attribute paths (``model.transformer_blocks.3.attn1.to_q...``), so
+ONNX initializers keep the full graph's names. A refreshed branch is computed and, when some
+later call reads it, returned as graph output ``cache.b{i}.{attn,mlp}``; a cached branch is a
+graph input of that name, which the runtime's ``Pipeline`` feeds from its buffers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dmc.cache.schedules import distinct_rows
+from dmc.errors import DmcError
+
+BRANCHES = ("attn", "mlp")
+PREDICTION = "prediction"  # == dmc.compress.pipeline.OUTPUT_NAME (not imported: avoids a cycle)
+
+
+def branch_labels(num_layers: int) -> list[str]:
+    """``["b0.attn", "b0.mlp", "b1.attn", ...]``: branch j = 2·block + (0 attn, 1 mlp)."""
+    return [f"b{i}.{b}" for i in range(num_layers) for b in BRANCHES]
+
+
+def cache_names(num_layers: int) -> list[str]:
+    """Graph input/output name of each branch's cached tensor: ``cache.b{i}.attn`` / ``cache.b{i}.mlp``."""
+    return [f"cache.{label}" for label in branch_labels(num_layers)]
+
+
+def _transformer(model_or_ctx) -> nn.Module:
+    m = model_or_ctx
+    if hasattr(m, "adapter"):  # a CompileContext
+        m = m.adapter
+    if hasattr(m, "family") and hasattr(m, "model"):  # an Adapter
+        m = m.model
+    return m
+
+
+def dit_branch_layout(model_or_ctx) -> tuple[list[str], list[int]]:
+    """Branch labels in depth order and the indices of the FFN (MLP) branches, for ``schedules.bac``."""
+    model = _transformer(model_or_ctx)
+    check_supported(model)
+    n = len(model.transformer_blocks)
+    return branch_labels(n), [2 * i + 1 for i in range(n)]
+
+
+def check_supported(model) -> None:
+    """Refuse DiT variants whose blocks this re-implementation does not cover."""
+    if type(model).__name__ != "DiTTransformer2DModel":
+        raise DmcError(f"DiT block caching supports DiTTransformer2DModel, got {type(model).__name__}")
+    for i, block in enumerate(model.transformer_blocks):
+        problems = []
+        if getattr(block, "norm_type", None) != "ada_norm_zero":
+            problems.append(f"norm_type {getattr(block, 'norm_type', None)!r} (need 'ada_norm_zero')")
+        if block.attn2 is not None:
+            problems.append("cross-attention")
+        if block.pos_embed is not None:
+            problems.append("per-block positional embedding")
+        if block.only_cross_attention:
+            problems.append("only_cross_attention")
+        if getattr(block, "_chunk_size", None) is not None:
+            problems.append("chunked feed-forward")
+        if problems:
+            raise DmcError(f"DiT block {i}: unsupported for caching ({', '.join(problems)})")
+
+
+_FORWARDS: dict[int, type] = {}
+
+
+def _class_with_inputs(n: int) -> type:
+    """A ``DiTCachedStep`` subclass whose ``forward`` has exactly ``n`` cache parameters.
+
+    The ONNX exporter maps the graph's input names onto ``forward``'s named parameters, so the
+    signature must be flat (no ``*args``); the number of cache inputs depends on the pattern.
+    """
+    if n not in _FORWARDS:
+        params = "".join(f", c{i}" for i in range(n))
+        listed = ", ".join(f"c{i}" for i in range(n))
+        src = (f"def forward(self, sample, timestep, class_labels{params}):\n"
+               f"    return self.step(sample, timestep, class_labels, [{listed}])\n")
+        scope: dict = {}
+        exec(src, scope)  # noqa: S102 - generated from integers only
+        _FORWARDS[n] = type(f"DiTCachedStep{n}", (DiTCachedStep,), {"forward": scope["forward"]})
+    return _FORWARDS[n]
+
+
+class DiTCachedStep(nn.Module):
+    """One DiT call that computes the branches ``pattern`` marks and reads the others from cache.
+
+    ``pattern``: 2L booleans (True = compute). ``outputs``: which computed branches to return
+    as cache tensors (default: all computed ones). Inputs: ``sample, timestep, class_labels``
+    then one ``cache.b{i}.{branch}`` per cached branch, in branch order. Returns the prediction,
+    followed by the output cache tensors in branch order (a bare tensor when there are none).
+    With every branch computed, output 0 equals the adapter's output.
+    """
+
+    def __new__(cls, adapter=None, pattern=None, outputs=None):
+        if cls is DiTCachedStep and pattern is not None:
+            cls = _class_with_inputs(int(sum(not bool(p) for p in pattern)))
+        return super().__new__(cls)
+
+    def __init__(self, adapter, pattern, outputs=None):
+        super().__init__()
+        model = adapter.model
+        check_supported(model)
+        num_layers = len(model.transformer_blocks)
+        pattern = tuple(bool(p) for p in pattern)
+        if len(pattern) != 2 * num_layers:
+            raise DmcError(f"pattern has {len(pattern)} entries; this DiT has {2 * num_layers} branches")
+        outputs = pattern if outputs is None else tuple(bool(o) for o in outputs)
+        if len(outputs) != len(pattern) or any(o and not p for o, p in zip(outputs, pattern)):
+            raise DmcError("outputs must be a subset of the computed branches")
+        self.model = model  # same attribute path as the adapter: initializer names match the full graph
+        self.in_channels = adapter.in_channels
+        self.base_inputs = list(adapter.input_names)
+        self.pattern = pattern
+        self.outputs = outputs
+        names = cache_names(num_layers)
+        self.cache_inputs = [n for n, p in zip(names, pattern) if not p]
+        self.cache_outputs = [n for n, o in zip(names, outputs) if o]
+        self.eval()
+
+    @property
+    def input_names(self) -> list[str]:
+        return self.base_inputs + self.cache_inputs
+
+    @property
+    def output_names(self) -> list[str]:
+        return [PREDICTION] + self.cache_outputs
+
+    def describe(self) -> str:
+        labels = branch_labels(len(self.pattern) // 2)
+        computed = [lab for lab, p in zip(labels, self.pattern) if p]
+        if len(computed) == len(labels):
+            return "DiT, every attention/MLP branch computed" + (
+                f"; writes {len(self.cache_outputs)} branch caches" if self.cache_outputs else "")
+        if not computed:
+            return "DiT, every attention/MLP branch read from cache (embeddings, gates and final layer only)"
+        return (f"DiT, computes {len(computed)}/{len(labels)} branches ({' '.join(computed)}); "
+                f"the rest read from cache")
+
+    def forward(self, sample, timestep, class_labels, *cached):  # replaced per input count by __new__
+        return self.step(sample, timestep, class_labels, list(cached))
+
+    def step(self, sample, timestep, class_labels, cached: list):
+        """diffusers ``DiTTransformer2DModel.forward`` + ``BasicTransformerBlock.forward`` (ada_norm_zero,
+        no cross-attention), with per-branch cache reads and writes."""
+        m = self.model
+        if len(cached) != len(self.cache_inputs):
+            raise ValueError(f"expected {len(self.cache_inputs)} cache tensors, got {len(cached)}")
+        reads = iter(cached)
+        writes = []
+        hidden = m.pos_embed(sample)
+        cond0 = None
+        for i, block in enumerate(m.transformer_blocks):
+            norm1 = block.norm1
+            emb = norm1.emb(timestep, class_labels, hidden_dtype=hidden.dtype)
+            if i == 0:
+                cond0 = emb
+            mod = norm1.linear(norm1.silu(emb))
+            shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=1)
+            if self.pattern[2 * i]:
+                attn = block.attn1(norm1.norm(hidden) * (1 + scale_msa[:, None]) + shift_msa[:, None])
+                if self.outputs[2 * i]:
+                    writes.append(attn)
+            else:
+                attn = next(reads)
+            hidden = gate_msa.unsqueeze(1) * attn + hidden
+            if self.pattern[2 * i + 1]:
+                normed = block.norm3(hidden)
+                ff = block.ff(normed * (1 + scale_mlp[:, None]) + shift_mlp[:, None])
+                if self.outputs[2 * i + 1]:
+                    writes.append(ff)
+            else:
+                ff = next(reads)
+            hidden = gate_mlp.unsqueeze(1) * ff + hidden
+        # final layer: conditioned on block 0's embedding, exactly as diffusers does
+        shift, scale = m.proj_out_1(F.silu(cond0)).chunk(2, dim=1)
+        hidden = m.norm_out(hidden) * (1 + scale[:, None]) + shift[:, None]
+        hidden = m.proj_out_2(hidden)
+        p = m.patch_size
+        height, width = sample.shape[-2] // p, sample.shape[-1] // p
+        hidden = hidden.reshape(shape=(-1, height, width, p, p, m.out_channels))
+        hidden = torch.einsum("nhwpqc->nchpwq", hidden)
+        out = hidden.reshape(shape=(-1, m.out_channels, height * p, width * p))
+        if out.shape[1] != self.in_channels:  # learned-variance half dropped, as the adapter does
+            out = out[:, : self.in_channels]
+        return (out, *writes) if writes else out
+
+
+def example_inputs(module: DiTCachedStep, adapter, sample_shape, batch: int = 2) -> tuple:
+    """Export inputs: random sample, the adapter's timesteps and labels, random cache tensors."""
+    c, h, w = sample_shape
+    base = adapter.example_inputs(batch)
+    p = module.model.patch_size
+    tokens, dim = (h // p) * (w // p), module.model.inner_dim
+    caches = tuple(torch.randn(batch, tokens, dim) for _ in module.cache_inputs)
+    return (torch.randn(batch, c, h, w), *base[1:], *caches)
+
+
+def graph_names(patterns: list[tuple]) -> list[str]:
+    """``full`` for the all-computed pattern, ``dit.p0``, ``dit.p1``, ... for the others (first-use order)."""
+    names, j = [], 0
+    for pat in patterns:
+        if all(pat):
+            names.append("full")
+        else:
+            names.append(f"dit.p{j}")
+            j += 1
+    return names
+
+
+def _opset(ctx) -> int:
+    from dmc.export.onnx_export import DEFAULT_OPSET
+
+    full = ctx.graphs.get("full")
+    if full is not None:
+        for imp in full.onnx.opset_import:
+            if imp.domain in ("", "ai.onnx"):
+                return int(imp.version)
+    return DEFAULT_OPSET
+
+
+def build_dit_cache(ctx, cfg, refresh: np.ndarray) -> None:
+    """Install per-branch caching for a DiT context.
+
+    ``refresh``: ``[K, 2L]`` bool (K = number of model calls, branch order of ``branch_labels``).
+    One graph per distinct row: ``full`` for the all-computed row, ``dit.p<i>`` for the others.
+    Every call's ``graph`` is set, and ``call.extra["cache"] = {"refresh": [...]}``. A computed
+    branch is written as a cache output only when some call reads it from cache. All graphs use
+    the original parameters, so ``write_graphs`` stores the weights once. ``cfg`` (the cache
+    pass's config) is not needed here; the pass records what it did in ``ctx.passes``.
+    """
+    from dmc.compress.context import GraphVariant
+    from dmc.export.onnx_export import export_onnx
+
+    del cfg
+    model = ctx.adapter.model
+    check_supported(model)
+    num_layers = len(model.transformer_blocks)
+    refresh = np.asarray(refresh, dtype=bool)
+    if refresh.shape != (len(ctx.calls), 2 * num_layers):
+        raise DmcError(f"DiT cache schedule must be [{len(ctx.calls)} calls, {2 * num_layers} branches], "
+                       f"got {list(refresh.shape)}")
+    if not refresh[0].all():
+        raise DmcError("the first model call must compute every branch (nothing is cached before it)")
+    patterns, index = distinct_rows(refresh)
+    read_somewhere = (~refresh).any(axis=0)
+    names = graph_names(patterns)
+    opset = _opset(ctx)
+    variants = {}
+    for name, pattern in zip(names, patterns):
+        outputs = tuple(p and r for p, r in zip(pattern, read_somewhere))
+        module = DiTCachedStep(ctx.adapter, pattern, outputs)
+        graph = export_onnx(module, example_inputs(module, ctx.adapter, ctx.sample_shape),
+                            module.input_names, module.output_names, opset)
+        variants[name] = GraphVariant(graph, module, module.input_names, module.output_names, module.describe())
+    ctx.graphs.update(variants)  # replaces the plain "full" graph with the one that writes caches
+    for k, call in enumerate(ctx.calls):
+        call.graph = names[index[k]]
+        call.extra["cache"] = {"refresh": [bool(v) for v in refresh[k]]}
+
+
+class _Recorder:
+    """Executor wrapper that keeps every call's extra outputs (the branch caches)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.calls: list[list[np.ndarray]] = []
+
+    def output_names(self, graph):
+        return self.inner.output_names(graph)
+
+    def run(self, graph, feeds):
+        outs = self.inner.run(graph, feeds)
+        self.calls.append(outs[1:])
+        return outs
+
+
+def record_dit_branch_features(ctx, n: int = 8, seed: int | None = None, batch_size: int = 16) -> np.ndarray:
+    """Pre-gate outputs of every branch at every call of the uncached FP trajectory.
+
+    Runs the recipe through the runtime's sampler loop with the all-computed graph as a torch
+    module (the context's own graphs and calls are not changed). Returns float32
+    ``[K, 2L, samples, tokens, hidden]``; with guidance the samples axis holds 2·n rows laid out
+    per batch as [unconditional; conditional], as the runtime feeds them.
+    """
+    from dmc.compress.torch_executor import TorchExecutor
+    from dmc.runtimes.pipeline import Pipeline
+
+    model = ctx.adapter.model
+    check_supported(model)
+    num_layers = len(model.transformer_blocks)
+    module = DiTCachedStep(ctx.adapter, (True,) * (2 * num_layers))
+    recorder = _Recorder(TorchExecutor({"record": module}, {"record": module.input_names},
+                                       {"record": module.output_names}))
+    calls = [dataclasses.replace(c, graph="record", extra=dict(c.extra)) for c in ctx.calls]
+    pipe = Pipeline(ctx.recipe, calls, ctx.sample_shape, ctx.adapter.conditioning().to_json(), recorder,
+                    tables=ctx.tables)
+    pipe.sample(n, seed=ctx.recipe.seed if seed is None else seed, batch_size=batch_size)
+    num_calls = len(calls)
+    per_batch = [recorder.calls[i:i + num_calls] for i in range(0, len(recorder.calls), num_calls)]
+    first = per_batch[0][0][0]
+    rows = sum(batch[0][0].shape[0] for batch in per_batch)
+    out = np.empty((num_calls, 2 * num_layers, rows, *first.shape[1:]), dtype=np.float32)  # no stacked copy
+    for k in range(num_calls):
+        for j in range(2 * num_layers):
+            start = 0
+            for batch in per_batch:
+                part = batch[k][j]
+                out[k, j, start:start + len(part)] = part
+                start += len(part)
+    return out
+
+
+def uniform_refresh(num_calls: int, num_layers: int, interval: int, full_first: int = 1) -> np.ndarray:
+    """``[K, 2L]``: every branch refreshes at the same calls (every ``interval``-th, plus the first ones)."""
+    from dmc.cache.schedules import uniform
+
+    return np.repeat(uniform(num_calls, interval, full_first)[:, None], 2 * num_layers, axis=1)
+
+
+def bac_refresh(ctx, budget: int, n_bubbling: int, n: int = 8, seed: int | None = None, full_first: int = 1,
+                metric: str = "cosine", max_variants: int | None = None,
+                features: np.ndarray | None = None) -> np.ndarray:
+    """BAC schedule ``[K, 2L]`` for this DiT from recorded branch features (recorded here if not given)."""
+    from dmc.cache.schedules import bac
+
+    if features is None:
+        features = record_dit_branch_features(ctx, n, seed)
+    _, ffn = dit_branch_layout(ctx)
+    return bac(features, budget, ffn, n_bubbling, full_first, metric, max_variants)
+
+
+__all__ = ["DiTCachedStep", "build_dit_cache", "record_dit_branch_features", "dit_branch_layout",
+           "branch_labels", "cache_names", "uniform_refresh", "bac_refresh", "check_supported", "graph_names"]

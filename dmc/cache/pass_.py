@@ -1,0 +1,192 @@
+"""The cache pass: ``@register_pass("cache", CacheConfig)``.
+
+UNet (DeepCache + CacheQuant's DPS and DEC cache correction):
+  1. record the cache-point feature per call on the FP trajectory (``features.py``),
+  2. choose the refresh calls (``schedules.py``: uniform, CacheQuant DP, or ACS on the one point),
+  3. fit the per-call, per-channel correction a1[k], b1[k] (``correction.fit_cache_correction``),
+  4. replace ``full`` by the full graph that also outputs ``cache.deep``, add ``shallow``, and
+     write the call table's columns (``call.graph``, ``call.extra["cache"]``, ``call.extra["tables"]``).
+DiT: record per-sub-block outputs, BAC (or a shared uniform/DP schedule), then the schedules
+engineer's ``dit_blocks.build_dit_cache(ctx, cfg, refresh)`` installs the block-caching graphs.
+
+Everything runs in the FP model before quantization; the quantize pass then calibrates each
+graph on the feeds it receives under this schedule (CacheQuant's joint calibration).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from dmc.cache.config import CacheConfig
+from dmc.compress.passes import register_pass
+from dmc.errors import DmcError
+
+SOLVER_ORDER = {"ddim": 1, "dpm++2m": 2}
+
+
+def default_full_first(sampler: str) -> int:
+    """Leading calls that always run full: the solver's order (``algorithms.md`` §9.2, §10.2 item 12)."""
+    return SOLVER_ORDER.get(sampler, 1)
+
+
+def schedule_string(refresh) -> str:
+    """One character per call: 'F' refreshes (full graph), '.' reuses the cache."""
+    return "".join("F" if r else "." for r in np.asarray(refresh, dtype=bool))
+
+
+def choose_schedule(cfg: CacheConfig, num_calls: int, full_first: int, features: np.ndarray | None) -> np.ndarray:
+    """Refresh mask ``[K]`` for one cache point."""
+    from dmc.cache import schedules
+
+    if cfg.schedule == "uniform":
+        refresh = schedules.uniform(num_calls, cfg.interval, full_first)
+    elif cfg.schedule in ("dp", "auto"):
+        refresh = schedules.cachequant_dp(features, cfg.interval, full_first)
+    else:  # "bac" on a single cache point is ACS alone
+        budget = cfg.budget or math.ceil(num_calls / cfg.interval)
+        refresh = schedules.bac(features[:, None], budget, [], 0, full_first)[:, 0]
+    refresh = np.asarray(refresh, dtype=bool)
+    if refresh.shape != (num_calls,) or not refresh[:full_first].all():
+        raise DmcError(f"cache schedule is malformed: {schedule_string(refresh)}")
+    return refresh
+
+
+def _opset(ctx) -> int:
+    for o in ctx.graphs["full"].onnx.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            return int(o.version)
+    from dmc.export.onnx_export import DEFAULT_OPSET
+
+    return DEFAULT_OPSET
+
+
+@register_pass("cache", CacheConfig)
+def run_cache(ctx, cfg: CacheConfig) -> None:
+    num_calls = len(ctx.calls)
+    full_first = cfg.full_first if cfg.full_first is not None else default_full_first(ctx.recipe.sampler)
+    seed = ctx.recipe.seed if cfg.seed is None else cfg.seed
+    if cfg.schedule == "auto":
+        cfg = dataclasses.replace(cfg, schedule="bac" if ctx.adapter.family == "dit" else "dp")
+    if ctx.adapter.family == "dit":
+        return _run_dit(ctx, cfg, full_first, seed)
+    if ctx.loaded.class_name not in ("UNet2DModel", "UNet2DConditionModel"):
+        raise DmcError(f"--cache supports UNet2DModel, UNet2DConditionModel and DiT models; "
+                       f"{ctx.loaded.class_name} is not supported yet")
+    return _run_unet(ctx, cfg, full_first, seed, num_calls)
+
+
+def _run_unet(ctx, cfg, full_first, seed, num_calls) -> None:
+    from dmc.cache import deepcache, features
+    from dmc.cache.correction import fit_cache_correction
+    from dmc.compress.context import GraphVariant
+    from dmc.export.onnx_export import export_onnx
+
+    model = ctx.adapter.model
+    deepcache.check_unet(model, cfg.branch)
+    uniform = cfg.schedule == "uniform"
+    need = not uniform or (cfg.correction and cfg.interval > 1)
+    feats = features.record_unet_features(ctx, cfg.branch, cfg.num_samples, seed) if need else None
+    refresh = choose_schedule(cfg, num_calls, full_first, feats)
+    cached = ~refresh
+    correction = bool(cfg.correction and cached.any())
+    fit = fit_cache_correction(feats, refresh) if correction else None
+
+    full, shallow, ex_full, ex_shallow, macs = deepcache.build_modules(
+        ctx.adapter, ctx.sample_shape, cfg.branch, correction)
+    opset = _opset(ctx)
+    ctx.graphs["full"] = GraphVariant(
+        deepcache.separate_output(export_onnx(full, ex_full, full.input_names, full.output_names, opset)),
+        full, full.input_names, full.output_names,
+        f"the whole network; also outputs {deepcache.CACHE} (DeepCache branch {cfg.branch}: "
+        f"output of up_blocks[{len(model.up_blocks) - 2 - cfg.branch}])")
+    if cached.any():
+        ctx.graphs["shallow"] = GraphVariant(
+            export_onnx(shallow, ex_shallow, shallow.input_names, shallow.output_names, opset,
+                        static_inputs=(deepcache.SCALE, deepcache.SHIFT)),
+            shallow, shallow.input_names, shallow.output_names,
+            f"DeepCache retrieve step: down blocks 0..{cfg.branch} + cached {deepcache.CACHE}"
+            + (" (per-channel corrected)" if correction else "") + f" + last {cfg.branch + 1} up block(s)")
+    for k, call in enumerate(ctx.calls):
+        if refresh[k]:
+            call.graph = "full"
+            call.extra["cache"] = {"reads": [], "writes": [deepcache.CACHE]}
+            continue
+        call.graph = "shallow"
+        call.extra["cache"] = {"reads": [deepcache.CACHE], "writes": []}
+        if correction:
+            keys = {deepcache.SCALE: f"cache.scale.{k:04d}", deepcache.SHIFT: f"cache.shift.{k:04d}"}
+            ctx.tables[keys[deepcache.SCALE]] = fit["scale"][k]
+            ctx.tables[keys[deepcache.SHIFT]] = fit["shift"][k]
+            call.extra.setdefault("tables", {}).update(keys)
+
+    n_full = int(refresh.sum())
+    ratio = (n_full * macs["full"] + (num_calls - n_full) * macs["shallow"]) / (num_calls * macs["full"])
+    record = {
+        "name": "cache",
+        "method": "deepcache",
+        "config": cfg.to_json(),
+        "full_first": full_first,
+        "seed": seed,
+        "refresh": [bool(r) for r in refresh],
+        "schedule": schedule_string(refresh),
+        "cache_tensor": {"name": deepcache.CACHE, "channels": deepcache.cache_channels(model, cfg.branch),
+                         "point": f"up_blocks[{len(model.up_blocks) - 2 - cfg.branch}] output"},
+        "macs_per_image": macs,
+        "cost_ratio": round(ratio, 4),
+        "theoretical_speedup": round(1.0 / ratio, 3),
+    }
+    if fit is not None:
+        before = [fit["rel_l1_before"].get(k) for k in range(num_calls)]
+        after = [fit["rel_l1_after"].get(k) for k in range(num_calls)]
+        record["correction"] = {
+            "kind": "DEC cache correction a1*cache + b1 per channel, fitted per call on the FP trajectory",
+            "samples": cfg.num_samples,
+            "rel_l1_before_mean": float(np.mean([v for v in before if v is not None])),
+            "rel_l1_after_mean": float(np.mean([v for v in after if v is not None])),
+            "rel_l1_before": before,
+            "rel_l1_after": after,
+        }
+    ctx.passes.append(record)
+
+
+def _run_dit(ctx, cfg, full_first, seed) -> None:
+    from dmc.cache import features, schedules
+
+    try:
+        from dmc.cache.dit_blocks import build_dit_cache, dit_branch_layout
+    except ImportError as e:
+        raise DmcError(f"DiT block caching is not available in this build ({e})") from None
+    num_calls = len(ctx.calls)
+    names, ffn = dit_branch_layout(ctx)
+    num_blocks = len(names)
+    if cfg.schedule == "uniform":
+        refresh = np.repeat(schedules.uniform(num_calls, cfg.interval, full_first)[:, None], num_blocks, 1)
+    else:
+        feats, names, ffn = features.record_dit_features(ctx, cfg.num_samples, seed)
+        if cfg.schedule == "bac":
+            budget = cfg.budget or math.ceil(num_calls / cfg.interval)
+            refresh = schedules.bac(feats, budget, ffn, cfg.n_bubbling, full_first,
+                                    max_variants=cfg.max_variants)
+        else:  # "dp": one CacheQuant schedule shared by every branch
+            one = schedules.cachequant_dp(feats.reshape(num_calls, -1), cfg.interval, full_first)
+            refresh = np.repeat(np.asarray(one, dtype=bool)[:, None], num_blocks, 1)
+    refresh = np.asarray(refresh, dtype=bool)
+    build_dit_cache(ctx, cfg, refresh)
+    patterns, _ = schedules.distinct_rows(refresh)
+    ctx.passes.append({
+        "name": "cache",
+        "method": "dit-blocks",
+        "config": cfg.to_json(),
+        "full_first": full_first,
+        "seed": seed,
+        "blocks": names,
+        "ffn_blocks": ffn,
+        "refresh": refresh.astype(bool).tolist(),
+        "schedule": schedule_string(refresh.all(axis=1)),
+        "distinct_patterns": len(patterns),
+        "cost_ratio": round(float(refresh.mean()), 4),  # fraction of sub-block computations that run
+        "cost_ratio_kind": "fraction of cached sub-block computations run (blocks weighted equally)",
+    })

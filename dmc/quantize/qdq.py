@@ -1,0 +1,352 @@
+"""Q/DQ graphs: ONNX Runtime's ``quantize_static`` inserts the nodes, dmc decides every scale.
+
+Steps for one graph variant:
+
+1. ``prepare_graph``: shortcut splitting (``split.py``), layer names, the float-island policy and
+   the list of layers to quantize, then ``quant_pre_process(skip_symbolic_shape=True)``.
+2. ``record_stats``: the prepared FP graph, with every tensor that will be quantized added as a
+   graph output, runs in ONNX Runtime over the calibration feeds.
+3. dmc's ranges (``ranges.py``) become activation (scale, zero point) pairs.
+4. ``build_qdq``: ``quantize_static`` (QDQ format, per-channel weights) reads them from a
+   calibration cache (``calibration_cache_path``, so ORT runs no calibration of its own) and from
+   ``extra_options["TensorQuantOverrides"]`` with explicit scale and zero point per tensor;
+   ``verify_scales`` then checks that every activation scale in the written graph is dmc's,
+   bit for bit, and every weight scale is the symmetric per-channel max|W|/qmax.
+"""
+
+from __future__ import annotations
+
+import ast
+import fnmatch
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from dmc.errors import DmcError
+from dmc.quantize.profiles import Profile, weight_axis
+from dmc.quantize.ranges import ActivationStats, QParams, quantize_weights, weight_scales
+from dmc.quantize.split import SPLIT_TAG, split_concat_convs
+
+# Conditioning-path layers (timestep / class / adaLN MLPs): per-sample vectors, negligible compute,
+# and the most sensitive place to add noise. Matched against layer names.
+TIME_EMBEDDING_PATTERNS = ("*time_embedding*", "*time_emb_proj*", "*timestep_embedder*", "*time_proj*",
+                           "*class_embedding*", "*class_embedder*", "*add_embedding*", "*.emb.*",
+                           "*norm1.linear", "*norm_out.linear", "*norm1_context.linear", "*proj_out_1",
+                           "*adaln*", "*adaLN*")
+
+
+@dataclass
+class PreparedGraph:
+    model: onnx.ModelProto  # split + pre-processed FP32 graph
+    layers: dict[str, str]  # node name -> layer name, for every layer that will be quantized
+    islands: dict[str, str]  # layer name -> why it stays float
+    splits: list[dict] = field(default_factory=list)
+    tensors: list[str] = field(default_factory=list)  # activation tensors to calibrate
+    island_nodes: dict[str, str] = field(default_factory=dict)  # node name -> layer name of float islands
+
+
+def layer_name(node: onnx.NodeProto, initializer_names: set) -> str:
+    """A layer's identity across graph variants: its weight initializer's name (the torch
+    parameter path), or the torch module path recorded by the exporter when the weight was a
+    folded constant (e.g. a transposed Linear weight called ``val_123``)."""
+    w = node.input[1] if len(node.input) > 1 else ""
+    base, tag, idx = w.partition(SPLIT_TAG)
+    suffix = f"{tag}{idx}" if tag else ""
+    if base.endswith(".weight"):
+        return base[: -len(".weight")] + suffix
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            try:
+                scopes = ast.literal_eval(prop.value)
+            except (ValueError, SyntaxError):
+                break
+            if len(scopes) >= 2 and scopes[-2]:
+                return scopes[-2] + suffix
+    return w or node.name
+
+
+def _topo_first_last(model: onnx.ModelProto, candidates: dict[str, onnx.NodeProto]) -> tuple[set, set]:
+    graph = model.graph
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    # first: layers reached from the sample input without passing through another layer
+    first, seen = set(), set()
+    frontier = [i.name for i in graph.input if i.name == "sample"] or [graph.input[0].name]
+    while frontier:
+        t = frontier.pop()
+        for n in consumers.get(t, []):
+            if n.name in seen or n.op_type in ("Shape", "Size"):  # shape arithmetic, not data
+                continue
+            seen.add(n.name)
+            if n.name in candidates:
+                first.add(n.name)
+            else:
+                frontier.extend(n.output)
+    # last: the last layer (graph order) that the prediction output depends on
+    producers = {o: n for n in graph.node for o in n.output}
+    ancestors, stack = set(), [graph.output[0].name]
+    while stack:
+        t = stack.pop()
+        n = producers.get(t)
+        if n is None or n.name in ancestors:
+            continue
+        ancestors.add(n.name)
+        stack.extend(n.input)
+    order = [n.name for n in graph.node if n.name in candidates and n.name in ancestors]
+    return first, ({order[-1]} if order else set())
+
+
+def _pre_process(model: onnx.ModelProto) -> onnx.ModelProto:
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory(prefix="dmc-q-") as tmp:
+        src, dst = os.path.join(tmp, "in.onnx"), os.path.join(tmp, "pre.onnx")
+        onnx.save(model, src)
+        quant_pre_process(src, dst, skip_symbolic_shape=True)
+        return onnx.load(dst)
+
+
+def _unshare_weights(model: onnx.ModelProto, nodes: set) -> None:
+    """Give every quantized layer its own weight initializer: ORT refuses weights shared by
+    several nodes ("Quantization parameter shared mode is not supported for weight")."""
+    inits = {i.name: i for i in model.graph.initializer}
+    uses: dict[str, int] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+    for n in model.graph.node:
+        if n.name in nodes and len(n.input) > 1 and uses.get(n.input[1], 0) > 1 and n.input[1] in inits:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(inits[n.input[1]])
+            copy.name = f"{n.input[1]}.{n.name}"
+            model.graph.initializer.append(copy)
+            uses[n.input[1]] -= 1
+            n.input[1] = copy.name
+
+
+def prepare_graph(model: onnx.ModelProto, cfg, profile: Profile) -> PreparedGraph:
+    splits = []
+    if cfg.split_concat:
+        model, splits = split_concat_convs(model)
+    inits = {i.name for i in model.graph.initializer}
+    candidates = {}
+    for n in model.graph.node:
+        if n.op_type not in cfg.op_types or len(n.input) < 2 or n.input[1] not in inits:
+            continue
+        if n.input[0] in inits:
+            continue
+        if n.op_type == "Gemm" and any(a.name == "transA" and a.i for a in n.attribute):
+            continue
+        candidates[n.name] = n
+    names = {nm: layer_name(n, inits) for nm, n in candidates.items()}
+    first, last = _topo_first_last(model, candidates)
+    islands: dict[str, str] = {}
+    for nm, layer in names.items():
+        for rule in cfg.keep_float:
+            if (rule == "first" and nm in first) or (rule == "last" and nm in last):
+                islands[layer] = rule
+            elif rule == "time_embedding" and any(fnmatch.fnmatch(layer, p) for p in TIME_EMBEDDING_PATTERNS):
+                islands[layer] = "time_embedding"
+            elif rule not in ("first", "last", "time_embedding") and fnmatch.fnmatch(layer, rule):
+                islands[layer] = f"pattern {rule}"
+            if layer in islands:
+                break
+    layers = {nm: layer for nm, layer in names.items() if layer not in islands}
+    island_nodes = {nm: layer for nm, layer in names.items() if layer in islands}
+    pre = _pre_process(model)
+    present = {n.name: n for n in pre.graph.node}
+    lost = [nm for nm in layers if nm not in present]
+    if lost:
+        raise DmcError(f"quant_pre_process removed layers {lost[:3]}; cannot quantize this graph")
+    _unshare_weights(pre, set(layers))
+    present = {n.name: n for n in pre.graph.node}
+    tensors: list[str] = []
+    graph_outputs = {o.name for o in pre.graph.output}  # ORT never quantizes a graph output
+    for nm in layers:
+        n = present[nm]
+        wanted = [n.input[0]]
+        if n.op_type == "MatMul":
+            wanted = [i for i in n.input if i not in {t.name for t in pre.graph.initializer}]
+        if profile.quantize_outputs and n.output[0] not in graph_outputs:
+            wanted.append(n.output[0])
+        for t in wanted:
+            if t not in tensors:
+                tensors.append(t)
+    return PreparedGraph(pre, layers, islands, splits, tensors, {nm: la for nm, la in island_nodes.items() if nm in present})
+
+
+def record_stats(model: onnx.ModelProto, tensors: list[str], batches: list[dict], seed: int,
+                 rows_per_run: int = 128) -> dict[str, ActivationStats]:
+    """Run the FP graph over ``batches`` (feed dicts) and collect statistics of ``tensors``."""
+    import onnxruntime as ort
+
+    aug = onnx.ModelProto()
+    aug.CopyFrom(model)
+    existing = {o.name for o in aug.graph.output}
+    for t in tensors:
+        if t not in existing:
+            aug.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    session = ort.InferenceSession(aug.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    inputs = {i.name for i in session.get_inputs()}
+    rng = np.random.default_rng([seed, 0x57A7])
+    stats = {t: ActivationStats(rng) for t in tensors}
+    total = sum(len(b["sample"]) for b in batches)
+    for feeds in batches:
+        n = len(feeds["sample"])
+        for s in range(0, n, rows_per_run):
+            sub = {}
+            for k, v in feeds.items():
+                if k not in inputs:
+                    continue
+                sub[k] = v[s:s + rows_per_run] if v.ndim and v.shape[0] == n else v
+            outs = session.run(tensors, sub)
+            share = min(rows_per_run, n - s) / total
+            for t, v in zip(tensors, outs):
+                stats[t].update(v, share)
+    return stats
+
+
+def activation_params(stats: dict[str, ActivationStats], cfg, profile: Profile) -> dict[str, QParams]:
+    return {t: s.params(profile.activation_dtype, profile.symmetric_activations, cfg.range_method,
+                        cfg.lp_norm, cfg.search_candidates) for t, s in stats.items()}
+
+
+def build_qdq(prepared: PreparedGraph, params: dict[str, QParams], profile: Profile,
+              op_types: tuple) -> onnx.ModelProto:
+    """Insert Q/DQ with ONNX Runtime, taking every activation scale from ``params``."""
+    if not prepared.layers:  # ORT reads an empty nodes_to_quantize as "every node"
+        raise DmcError(f"no layer left to quantize (op_types {', '.join(op_types)}; every candidate is a "
+                       "float island); add op types or relax keep_float")
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
+
+    zp_type = np.uint8 if profile.activation_dtype == "uint8" else np.int8
+    overrides = {t: [{"scale": np.array(p.scale, dtype=np.float32), "zero_point": np.array(p.zero_point, dtype=zp_type)}]
+                 for t, p in params.items()}
+    ranges = TensorsData(CalibrationMethod.MinMax, {
+        t: TensorData(lowest=np.array(p.lo, dtype=np.float32), highest=np.array(p.hi, dtype=np.float32))
+        for t, p in params.items()})
+    extra = {
+        "TensorQuantOverrides": overrides,
+        "ActivationSymmetric": profile.symmetric_activations,
+        "WeightSymmetric": True,
+        "MatMulConstBOnly": True,
+        "QuantizeBias": profile.quantize_bias,
+        # Weight scales must not depend on activation scales, so scale-group variants share int8 weights.
+        "QDQDisableWeightAdjustForInt32Bias": True,
+        "QDQOpTypePerChannelSupportToAxis": {"ConvTranspose": 1, "MatMul": 1},
+        # Never drop a Relu/Clip after a quantized layer: its output range is dmc's, not the clipped one.
+        "QDQKeepRemovableActivations": True,
+    }
+    if not profile.quantize_outputs:
+        extra["OpTypesToExcludeOutputQuantization"] = list(op_types)
+    with tempfile.TemporaryDirectory(prefix="dmc-qdq-") as tmp:
+        src, dst, cache = (os.path.join(tmp, f) for f in ("fp.onnx", "int8.onnx", "ranges.json"))
+        onnx.save(prepared.model, src)
+        save_tensors_data(ranges, cache)
+        import logging
+
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # "Please consider to run pre-processing" (we did)
+        try:
+            quantize_static(
+                src, dst, None, calibration_cache_path=cache, quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=list(op_types), per_channel=True, reduce_range=profile.reduce_range,
+                activation_type=QuantType.QUInt8 if profile.activation_dtype == "uint8" else QuantType.QInt8,
+                weight_type=QuantType.QInt8, nodes_to_quantize=list(prepared.layers),
+                calibrate_method=CalibrationMethod.MinMax, extra_options=extra,
+            )
+        finally:
+            root.setLevel(level)
+        out = onnx.load(dst)
+    out.producer_name = "dmc"
+    return out
+
+
+WEIGHT_ONLY_QMAX = 127  # float islands compute in float: their stored weights use the full int8 grid
+
+
+def add_weight_only(qmodel: onnx.ModelProto, prepared: PreparedGraph, op_types: tuple, rules: tuple) -> list[str]:
+    """Store the weights of float-island layers kept for one of ``rules`` as int8 (symmetric per
+    output channel) behind a DequantizeLinear: activations and arithmetic stay float, the artifact
+    shrinks. Returns the layers rewritten."""
+    inits = {i.name: i for i in qmodel.graph.initializer}
+    uses: dict[str, int] = {}
+    for n in qmodel.graph.node:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+    new_nodes, done = [], []
+    for node in qmodel.graph.node:
+        if node.name not in prepared.island_nodes or node.op_type not in op_types or len(node.input) < 2:
+            continue
+        reason = prepared.islands[prepared.island_nodes[node.name]]
+        if (reason.split()[0] if not reason.startswith("pattern") else "patterns") not in rules:
+            continue
+        w = node.input[1]
+        if w not in inits or uses.get(w, 0) != 1 or inits[w].data_type != onnx.TensorProto.FLOAT:
+            continue
+        axis = weight_axis(node.op_type, node)
+        values = numpy_helper.to_array(inits[w])
+        q, scale = quantize_weights(values, axis, WEIGHT_ONLY_QMAX)
+        qmodel.graph.initializer.extend([
+            numpy_helper.from_array(q, f"{w}_quantized"),
+            numpy_helper.from_array(scale, f"{w}_scale"),
+            numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8), f"{w}_zero_point")])
+        qmodel.graph.initializer.remove(inits[w])
+        new_nodes.append(onnx.helper.make_node("DequantizeLinear", [f"{w}_quantized", f"{w}_scale", f"{w}_zero_point"],
+                                               [f"{w}_DequantizeLinear_Output"], name=f"{w}_DequantizeLinear",
+                                               axis=axis))
+        node.input[1] = f"{w}_DequantizeLinear_Output"
+        done.append(prepared.island_nodes[node.name])
+    for i, n in enumerate(new_nodes):  # constant inputs only: valid anywhere before their consumer
+        qmodel.graph.node.insert(i, n)
+    return done
+
+
+def read_scales(model: onnx.ModelProto) -> tuple[dict[str, tuple[float, int]], dict[str, np.ndarray]]:
+    """(activation tensor -> (scale, zero point), weight initializer -> per-channel scales) of a Q/DQ graph."""
+    inits = {i.name: i for i in model.graph.initializer}
+    acts, weights = {}, {}
+    for n in model.graph.node:
+        if n.op_type == "QuantizeLinear" and n.input[0] not in inits:
+            s = numpy_helper.to_array(inits[n.input[1]])
+            z = numpy_helper.to_array(inits[n.input[2]]) if len(n.input) > 2 else np.uint8(0)
+            acts[n.input[0]] = (float(s), int(z))
+        elif n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].data_type == onnx.TensorProto.INT8:
+            weights[n.input[0]] = numpy_helper.to_array(inits[n.input[1]])
+    return acts, weights
+
+
+def verify_scales(qmodel: onnx.ModelProto, prepared: PreparedGraph, params: dict[str, QParams],
+                  profile: Profile) -> list[str]:
+    """Differences between the scales in ``qmodel`` and dmc's (empty = identical)."""
+    acts, weights = read_scales(qmodel)
+    problems = []
+    for t, p in params.items():
+        if t not in acts:
+            problems.append(f"{t}: no QuantizeLinear in the written graph")
+        elif acts[t] != (float(np.float32(p.scale)), int(p.zero_point)):
+            problems.append(f"{t}: ORT wrote {acts[t]}, dmc computed {(p.scale, p.zero_point)}")
+    fp_inits = {i.name: i for i in prepared.model.graph.initializer}
+    nodes = {n.name: n for n in prepared.model.graph.node}
+    for nm in prepared.layers:
+        node = nodes[nm]
+        w = node.input[1]
+        q = next((k for k in weights if k in (f"{w}_quantized", w)), None)
+        if q is None:
+            problems.append(f"{nm}: weight {w} was not quantized")
+            continue
+        want = weight_scales(numpy_helper.to_array(fp_inits[w]), weight_axis(node.op_type, node), profile.weight_qmax)
+        if not np.array_equal(np.asarray(weights[q]).reshape(-1), want.reshape(-1)):
+            problems.append(f"{nm}: weight scales differ from max|W|/{profile.weight_qmax}")
+    return problems
