@@ -148,7 +148,7 @@ def trajectory_set(ctx, cfg, under_schedule: bool = True) -> CalibrationSet:
                           {k: constants[k] for k in batches}, info)
 
 
-def noise_set(ctx, cfg) -> CalibrationSet:
+def noise_set(ctx, cfg, under_schedule: bool = True) -> CalibrationSet:
     """The naive baseline: N(0, 1) samples at uniformly random native timesteps, random classes
     (the null class for the unconditional half when guided). Each row is filed under the call whose
     timestep is nearest, only so that scale groups can pick rows."""
@@ -179,12 +179,12 @@ def noise_set(ctx, cfg) -> CalibrationSet:
         sel = np.flatnonzero(nearest == k)
         batches[int(k)] = {name: v[sel] for name, v in feeds.items()}
         states[int(k)] = len(sel) // (2 if ctx.recipe.guided else 1) or 1
-    graph_of = {k: c.graph for k, c in enumerate(ctx.calls)}
+    graph_of = {k: (c.graph if under_schedule else "full") for k, c in enumerate(ctx.calls)}
     return CalibrationSet("noise", batches, states, graph_of, {k: set() for k in batches},
                           {"noise": {"train_timesteps": T}})
 
 
 def build(ctx, cfg, under_schedule: bool = True) -> CalibrationSet:
     if cfg.calibration == "noise":
-        return noise_set(ctx, cfg)
+        return noise_set(ctx, cfg, under_schedule)
     return trajectory_set(ctx, cfg, under_schedule)

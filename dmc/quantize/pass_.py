@@ -57,7 +57,13 @@ def quantize(ctx, cfg: QuantizeConfig) -> None:
     if not sources:
         raise DmcError("quantize: every graph is already INT8")
     used = {c.graph for c in ctx.calls}
+    if not cfg.calibrate_under_schedule and "full" not in ctx.graphs:
+        raise DmcError("calibrate_under_schedule=False needs the full graph to record the uncached trajectory")
     prepared = {name: qdq.prepare_graph(g.onnx, cfg, profile) for name, g in sources.items() if name in used}
+    if not cfg.calibrate_under_schedule and "full" not in prepared:
+        prepared_full = qdq.prepare_graph(ctx.graphs["full"].onnx, cfg, profile)
+    else:
+        prepared_full = prepared.get("full")
     cset = calibration.build(ctx, cfg, under_schedule=cfg.calibrate_under_schedule)
     n_calls = len(ctx.calls)
     groups = scale_group_bounds(n_calls, cfg.scale_groups)
@@ -81,8 +87,7 @@ def quantize(ctx, cfg: QuantizeConfig) -> None:
                 rows = [k for k in cset.batches if cset.graph_of[k] == rec_graph]
             if not rows:
                 raise DmcError(f"quantize: the calibration set never reached graph {name!r}")
-            src_prep = prep if rec_graph == name else prepared.get("full") or qdq.prepare_graph(
-                ctx.graphs["full"].onnx, cfg, profile)
+            src_prep = prep if rec_graph == name else prepared_full
             stats = qdq.record_stats(src_prep.model, src_prep.tensors, [cset.batches[k] for k in rows], cfg.seed)
             params = qdq.activation_params(stats, cfg, profile)
             if src_prep is not prep:
@@ -97,7 +102,7 @@ def quantize(ctx, cfg: QuantizeConfig) -> None:
             cov = ort_coverage(qmodel)
             req = requested_int8(qmodel)
             for cat, n in req.items():
-                if cov[cat]["int8"] < n:
+                if cov[cat]["int8"] < n and profile.quantize_outputs:  # trt graphs are TensorRT's to fuse
                     ctx.warnings.append(f"quantize: {variant}: only {cov[cat]['int8']} of {n} {cat} layers run "
                                         f"as INT8 kernels in ONNX Runtime (the rest fell back to float)")
             if problems:
@@ -131,6 +136,9 @@ def quantize(ctx, cfg: QuantizeConfig) -> None:
         call.graph = call_graph[k]
         if len(groups) > 1:
             call.extra = {**call.extra, "scale_group": next(i for i, b in enumerate(groups) if k in b)}
+    if not profile.quantize_outputs:
+        ctx.warnings.append(f"quantize: profile {profile.name} targets TensorRT; ONNX Runtime on CPU runs its "
+                            "Q/DQ graphs mostly in float (INT8 kernels need the ort-cpu profile)")
     ctx.precision = "int8"
     ctx.target = profile.name
     ctx.fidelity_floor_psnr = min(ctx.fidelity_floor_psnr, FIDELITY_FLOOR_PSNR)
