@@ -58,6 +58,10 @@ def variants(mid: bool) -> dict:
             "cache DP + int8, joint + DEC": [out["cache DP N=3 + DEC"][0], QuantizeConfig(**q),
                                              CorrectConfig(num_samples=1 if mid else 8)],
         })
+    if not mid:  # ablations of the correction (quality only matters here)
+        out["cache uniform N=3 + DEC"] = [CacheConfig(schedule="uniform", interval=3)]
+        if QuantizeConfig is not None:
+            out["cache DP + int8, joint + DEC a1 only"] = [out["cache DP N=3 + DEC"][0], QuantizeConfig(**q)]
     if mid:
         register_pass("correct", LatencyOnly)(_latency_only)
         out = {k: v + [LatencyOnly()] for k, v in out.items()}
@@ -187,7 +191,7 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1,
                     help="threads for ORT and torch (1: on a shared 2-vCPU machine, 2-thread OpenMP spin-waits)")
-    ap.add_argument("--only", default="", help="comma-separated variant names (default: all)")
+    ap.add_argument("--only", default="", help="semicolon-separated variant names (default: all)")
     ap.add_argument("--work", default="out/bench_cache")
     ap.add_argument("--json", default="bench/results/cache.json")
     ap.add_argument("--force", action="store_true", help="recompile existing artifacts")
@@ -208,7 +212,7 @@ def main(argv=None) -> int:
         source = "demo" if model == "demo" else mid_model(work / "mid_unet")
         specs = variants(model != "demo")
         if args.only:
-            keep = {"fp32", *args.only.split(",")}
+            keep = {"fp32", *args.only.split(";")}
             specs = {k: v for k, v in specs.items() if k in keep}
         print(f"[{model}] compiling {len(specs)} variants", flush=True)
         paths = build(source, work / model, specs, args.force, 4 if model == "demo" else 1)

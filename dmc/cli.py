@@ -46,6 +46,10 @@ def _pass_configs(int8: bool, cache: bool, opts: dict) -> list:
         kw = {"calibration": opts["calibration"], "num_samples": opts["calib_samples"],
               "scale_groups": opts["scale_groups"], "profile": opts["profile"]}
         passes.append(QuantizeConfig(**kw))
+    if cache and int8:  # CacheQuant's quantization correction, fitted after both passes
+        from dmc.cache.correction import CorrectConfig
+
+        passes.append(CorrectConfig())
     return passes
 
 

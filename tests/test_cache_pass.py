@@ -214,3 +214,17 @@ def test_auto_schedule_is_dp_for_unets_and_bac_for_dits(fake_dit_blocks, monkeyp
     ctx = _dit_ctx(6, "ddim")
     run_cache(ctx, CacheConfig(interval=2))
     assert seen["recorded"] and ctx.passes[-1]["config"]["schedule"] == "bac"
+
+
+def test_correct_pass_needs_a_cache_and_skips_dit_caching():
+    from dmc.cache import CorrectConfig
+    from dmc.cache.correction import run_correct
+
+    ctx = SimpleNamespace(passes=[], warnings=[], calls=[])
+    with pytest.raises(DmcError, match="needs --cache"):
+        run_correct(ctx, CorrectConfig())
+    ctx.passes.append({"name": "cache", "method": "dit-blocks"})
+    run_correct(ctx, CorrectConfig())
+    assert ctx.warnings and len(ctx.passes) == 1
+    with pytest.raises(DmcError):
+        CorrectConfig(layers=("conv2",))

@@ -14,9 +14,9 @@ class CacheConfig:
     """Feature caching (DeepCache for UNets, block caching for DiTs).
 
     - ``schedule``: "auto" ("dp" for UNets, "bac" for DiTs), "uniform" (every ``interval``-th call
-      refreshes), "dp" (CacheQuant's DPS on the
-      recorded FP features, ``algorithms.md`` §5.2) or "bac" (DiT: per-block ACS + Bubbling Union, §6;
-      for a UNet, which has one cache point, "bac" runs ACS on that point).
+      refreshes), "dp" (CacheQuant's DPS on the recorded FP features, ``algorithms.md`` §5.2) or
+      "bac" (DiT: per-block ACS + Bubbling Union, §6; for a UNet, which has one cache point, "bac"
+      runs ACS on that point).
     - ``interval``: N of DeepCache's 1:N; about K/N calls refresh.
     - ``branch``: UNet skip branch kept live (0 = the shallowest: only conv_in, the first down
       block's resnets and the last up block run on cached calls).

@@ -189,10 +189,13 @@ def _run_with_outputs(model, feeds_list: list[dict], tensors: list[str]) -> list
     return [session.run(tensors, {k: v for k, v in f.items() if k in names}) for f in feeds_list]
 
 
-def _cache_record(ctx) -> dict:
-    rec = next((p for p in ctx.passes if p.get("name") == "cache" and p.get("method") == "deepcache"), None)
+def _cache_record(ctx) -> dict | None:
+    rec = next((p for p in ctx.passes if p.get("name") == "cache"), None)
     if rec is None:
-        raise DmcError("the quantization correction (correct pass) needs --cache on a UNet")
+        raise DmcError("the quantization correction (correct pass) needs --cache")
+    if rec.get("method") != "deepcache":  # DiT block caching: no single cache consumer to correct
+        ctx.warnings.append(f"correct: nothing to do for {rec.get('method')} caching (UNet DeepCache only)")
+        return None
     return rec
 
 
@@ -205,6 +208,8 @@ def run_correct(ctx, cfg: CorrectConfig) -> None:
     from dmc.cache.deepcache import CACHE
 
     rec = _cache_record(ctx)
+    if rec is None:
+        return
     shallow = sorted({c.graph for c in ctx.calls if c.extra.get("cache", {}).get("reads")})
     if not shallow:
         ctx.warnings.append("correct: no call reads the cache; nothing to correct")

@@ -2,12 +2,12 @@
 
 Two graphs replace the single full graph:
 
-- **full** ``(sample, timestep[, class_labels]) -> (prediction, cache.deep)``: the whole network,
+- **full** ``(sample, timestep[, cond]) -> (prediction, cache.deep)``: the whole network,
   also returning the deep decoder feature at skip branch ``b`` — the input of
   ``up_blocks[-1-b]``, i.e. the output of ``up_blocks[-2-b]`` that the shallow decoder
   concatenates with fresh skip features.
-- **shallow** ``(sample, timestep[, class_labels], cache.deep[, cache.scale, cache.shift]) -> prediction``:
-  conv_in, the time/class embedding, down blocks ``0..b`` (without the downsampler of block b,
+- **shallow** ``(sample, timestep[, cond], cache.deep[, cache.scale, cache.shift]) -> prediction``:
+  conv_in, the time (+class) embedding, down blocks ``0..b`` (without the downsampler of block b,
   whose output only feeds the skipped deep path), the cached feature (optionally corrected per
   channel: ``scale * cache + shift``, CacheQuant's DEC a1/b1), the last ``b+1`` up blocks and conv_out.
 
@@ -19,7 +19,8 @@ Graph inputs are positional and named by ``input_names``. The runtime's Pipeline
 non-prediction output of a graph under its name and feeds it to later graphs with an input of
 that name, so a refresh call's ``cache.deep`` reaches the following shallow calls. Under
 classifier-free guidance the batch is [uncond; cond], and the cached tensor has the same
-layout: each guidance half keeps its own cache.
+layout: each guidance half keeps its own cache. ``cond`` is ``class_labels`` (UNet2DModel) or
+``encoder_hidden_states`` (UNet2DConditionModel), as the adapter names it.
 """
 
 from __future__ import annotations
@@ -34,8 +35,6 @@ SCALE = "cache.scale"
 SHIFT = "cache.shift"
 PREDICTION = "prediction"
 KNOWN_DOWN = ("DownBlock2D", "AttnDownBlock2D", "CrossAttnDownBlock2D")
-
-
 SUPPORTED = ("UNet2DModel", "UNet2DConditionModel")
 
 
@@ -283,7 +282,9 @@ def separate_output(model, name: str = CACHE):
     feature is also an internal activation (it feeds the last up blocks). Quantization tools
     rewrite such tensors (ONNX Runtime renames them ``<name>_QuantizeLinear_Input``), which breaks
     matching activations by name. With ``<name>.value`` inside and ``Identity -> <name>`` at the
-    output, the layer output is an ordinary internal tensor; ONNX Runtime removes the Identity.
+    output, the layer output is an ordinary internal tensor. After INT8 the Identity reads the
+    dequantized activation, so the cache is stored in float and each shallow graph quantizes it at
+    its own input with its own scale (``algorithms.md`` §10.2 item 4, CacheQuant's choice).
     """
     import onnx
     from onnx import helper
