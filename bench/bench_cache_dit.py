@@ -1,4 +1,4 @@
-"""Benchmark for bench/results/cache_dit.md: DiT per-branch caching (uniform, BAC +/- bubbling union).
+"""Benchmark for BENCHMARKS.md: DiT per-branch caching (uniform, BAC +/- bubbling union).
 
     python bench/bench_cache_dit.py demo   --out /tmp/cd/bench   # quality + latency on demo-dit
     python bench/bench_cache_dit.py dit-s2 --out /tmp/cd/bench   # latency on a random DiT-S/2

@@ -12,7 +12,7 @@ block_out_channels (128,256,256,256), layers_per_block 2, random weights) and a
 DiT-S/2-sized DiTTransformer2DModel (hidden 384 = 6 heads x 64, 12 layers, patch 2,
 32x32x4, 1000 classes, random weights).
 
-    python bench/bench_fp32.py --repeats 20 --threads 1 --out bench/results/fp32.md
+    python bench/bench_fp32.py --repeats 20 --threads 1 --out BENCHMARKS.md
 """
 
 from __future__ import annotations

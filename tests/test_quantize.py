@@ -361,7 +361,7 @@ def test_int8_artifact_quality_size_and_manifest(artifacts):
           f"(worst {pf['psnr_worst']:.2f}), RMSE {pf['rmse_mean']:.4f}; bytes INT8/FP32 "
           f"{size['int8'] / size['fp32']:.3f}")
     # Measured 45 dB here; a broken calibration (every range from the last call only) gives 24 dB
-    # on the 20-step recipe (bench/results/int8.md). Floor with 10 dB margin on both sides.
+    # on the 20-step recipe (BENCHMARKS.md). Floor with 10 dB margin on both sides.
     assert pf["psnr_mean"] > 35.0
     assert size["int8"] < 0.3 * size["fp32"]  # measured 0.25
     m = _manifest(artifacts["int8"])

@@ -24,7 +24,7 @@ class Thresholds:
     """What counts as a regression. ``None`` switches a check off.
 
     ``max_fd_increase`` is absolute (current FD - baseline FD) at the same N and seed (see
-    bench/results/eval.md for the noise floor). Latency fails when the per-image time ratio exceeds
+    BENCHMARKS.md for the noise floor). Latency fails when the per-image time ratio exceeds
     ``max_latency_ratio * (1 + tol)``, ``tol = max(latency_tolerance, measured noise)``. The ratio is
     the interleaved one when the current bench ran ``--vs`` another artifact (the baseline artifact
     rebuilt in the same job: the robust way; noise = half the p10-p90 spread of the pair ratios),

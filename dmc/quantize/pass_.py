@@ -16,7 +16,7 @@ from dmc.quantize.config import QuantizeConfig
 from dmc.quantize.profiles import check_profile, get_profile
 
 # Verification compares the INT8 artifact with the FP32 torch pipeline. Measured on the demo models
-# (DDIM 20, guidance 2, NDTC 256): 33-38 dB paired PSNR (bench/results/int8.md); a broken quantizer
+# (DDIM 20, guidance 2, NDTC 256): 33-38 dB paired PSNR (BENCHMARKS.md); a broken quantizer
 # (wrong scales, unsplit bimodal tensors at 4-bit-like error) gives < 15 dB. 25 dB leaves margin.
 FIDELITY_FLOOR_PSNR = 25.0
 
