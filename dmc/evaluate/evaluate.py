@@ -79,10 +79,11 @@ def open_artifact(path: str | Path, threads: int | None = None) -> Target:
 
 
 def _model_sha256(source: str) -> str | None:
-    from dmc.models.loading import _resolve, sha256_file
+    from dmc.artifact.manifest import sha256_path
+    from dmc.models.loading import _resolve
 
     try:
-        return sha256_file(_resolve(source)[0])
+        return sha256_path(_resolve(source)[0])
     except DmcError:
         return None
 

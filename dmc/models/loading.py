@@ -5,12 +5,12 @@ Nothing here unpickles: weights come only from safetensors, configs only from JS
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dmc.artifact.manifest import sha256_path
 from dmc.errors import DmcError
 from dmc.models import detect
 from dmc.models.builtin import DEMO_MODELS, SCHEDULER_CONFIG, demo_path
@@ -32,14 +32,6 @@ class LoadedModel:
     weights_path: Path
     sha256: str
     assumptions: list[str] = field(default_factory=list)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _read_json(path: Path) -> dict:
@@ -138,7 +130,7 @@ def load_model(source: str, config_path: str | None = None) -> LoadedModel:
     else:
         scheduler = _scheduler_config_near(weights)
     clean = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
-    return LoadedModel(model, class_name, clean, scheduler, name, weights, sha256_file(weights), assumptions)
+    return LoadedModel(model, class_name, clean, scheduler, name, weights, sha256_path(weights), assumptions)
 
 
 def _instantiate(class_name: str, config: dict, state: dict, name: str):
