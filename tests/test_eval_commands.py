@@ -13,7 +13,6 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from dmc.evaluate.cli import bench_cmd, check_cmd, eval_cmd, report_cmd
@@ -22,13 +21,6 @@ pytestmark = pytest.mark.slow
 
 RECIPE = dict(steps=10, guidance=2.0)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def perturb_artifact(src: Path, out: Path, scale: float = 0.3, seed: int = 0) -> Path:

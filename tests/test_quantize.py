@@ -14,7 +14,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from dmc.quantize import QuantizeConfig, check_profile, describe
@@ -36,13 +35,6 @@ from dmc.sampling.recipe import Recipe
 RECIPE = Recipe(steps=10, guidance=2.0)
 SMALL = dict(num_samples=32)  # test-sized calibration
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:

@@ -174,17 +174,9 @@ def _conv_output_tensor(model, weight: str) -> tuple[str, str] | None:
 
 
 def _run_with_outputs(model, feeds_list: list[dict], tensors: list[str]) -> list[list[np.ndarray]]:
-    import onnx
-    import onnxruntime as ort
+    from dmc.export.probe import session_with_outputs
 
-    aug = onnx.ModelProto.FromString(model.SerializeToString())
-    have = {o.name for o in aug.graph.output}
-    for t in tensors:
-        if t not in have:
-            aug.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(aug.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = session_with_outputs(model, tensors)
     names = {i.name for i in session.get_inputs()}
     return [session.run(tensors, {k: v for k, v in f.items() if k in names}) for f in feeds_list]
 

@@ -186,16 +186,9 @@ def record_stats(model: onnx.ModelProto, tensors: list[str], batches: list[dict]
     """Run the FP graph over ``batches`` (feed dicts) and collect statistics of ``tensors``."""
     import onnxruntime as ort
 
-    aug = onnx.ModelProto()
-    aug.CopyFrom(model)
-    existing = {o.name for o in aug.graph.output}
-    for t in tensors:
-        if t not in existing:
-            aug.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    session = ort.InferenceSession(aug.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    from dmc.export.probe import session_with_outputs
+
+    session = session_with_outputs(model, tensors, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
     inputs = {i.name for i in session.get_inputs()}
     rng = np.random.default_rng([seed, 0x57A7])
     stats = {t: ActivationStats(rng) for t in tensors}
