@@ -27,6 +27,8 @@ def same_weights(a, b):
 def test_diffusers_folder_and_pipeline_folder(demo_state, tmp_path):
     loaded, _ = demo_state
     loaded.model.save_pretrained(tmp_path / "pipe" / "unet", safe_serialization=True)
+    (tmp_path / "pipe" / "scheduler").mkdir()
+    (tmp_path / "pipe" / "scheduler" / "scheduler_config.json").write_text(json.dumps(loaded.scheduler_config))
     direct = load_model(str(tmp_path / "pipe" / "unet"))
     via_pipeline = load_model(str(tmp_path / "pipe"))
     assert direct.class_name == via_pipeline.class_name == "UNet2DModel"

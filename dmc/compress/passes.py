@@ -24,6 +24,13 @@ def register_pass(stage: str, config_type: type):
     return deco
 
 
+def stage_of(cfg) -> str:
+    """The stage a pass config runs in ("cache", "quantize", ...)."""
+    if type(cfg) not in _HANDLERS:
+        raise TypeError(f"no pass registered for {type(cfg).__name__}")
+    return _HANDLERS[type(cfg)][0]
+
+
 def run_passes(ctx, configs: list) -> None:
     staged = []
     for cfg in configs:

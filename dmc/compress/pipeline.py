@@ -18,7 +18,8 @@ from dmc.errors import DmcError
 from dmc.export.graphs import write_graphs
 from dmc.export.onnx_export import DEFAULT_OPSET, export_onnx
 from dmc.models.adapters import make_adapter
-from dmc.models.loading import load_model
+from dmc.models.families import refuse_unsupported_passes
+from dmc.models.loading import inspect_source, load_model
 from dmc.sampling.compile import compile_calls
 from dmc.sampling.recipe import Recipe
 
@@ -46,7 +47,7 @@ def prepare(source: str, options: CompileOptions) -> CompileContext:
     import torch
 
     loaded = load_model(source, options.config_path)
-    adapter = make_adapter(loaded.model, loaded.class_name)
+    adapter = make_adapter(loaded.model, loaded.class_name, options.recipe.resolution)
     if options.recipe.guidance is None:  # auto: guide class-conditional models
         guidance = 2.0 if adapter.conditioning().kind == "class" else 1.0
         options.recipe = dataclasses.replace(options.recipe, guidance=guidance)
@@ -69,7 +70,7 @@ def reference_pipeline(source: str, recipe: Recipe, config_path: str | None = No
     from dmc.runtimes.pipeline import Pipeline
 
     loaded = load_model(source, config_path)
-    adapter = make_adapter(loaded.model, loaded.class_name)
+    adapter = make_adapter(loaded.model, loaded.class_name, recipe.resolution)
     calls = compile_calls(recipe, loaded.scheduler_config)
     for c in calls:
         c.graph = "full"
@@ -82,6 +83,7 @@ def compile_model(source: str, out: str | Path, options: CompileOptions | None =
     options = options or CompileOptions()
     started = time.time()
     writer = ArtifactWriter(out, overwrite=options.force)  # fail on an existing output before any work
+    refuse_unsupported_passes(inspect_source(source, options.config_path).family, options.passes)
     _log(options, f"loading {source} and exporting ONNX")
     ctx = prepare(source, options)
     if options.passes:
@@ -112,6 +114,7 @@ def build_manifest(ctx: CompileContext, seconds: float) -> dict:
         "model": {
             "class": ctx.loaded.class_name,
             "family": ctx.adapter.family,
+            "architecture": ctx.loaded.family,
             "source": ctx.loaded.source,
             "source_sha256": ctx.loaded.sha256,
             "config": ctx.loaded.config,

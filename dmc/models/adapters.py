@@ -1,53 +1,124 @@
-"""One small adapter per architecture family: a uniform ``forward(sample, timestep, cond)``.
+"""The adapter contract: a uniform ``forward(sample, timestep, *conditions)`` per architecture family.
 
-The adapter is what gets exported: its ONNX inputs are ``sample [B,C,H,W]``, ``timestep [B]``
-(float32, the native timestep) and, by family, ``class_labels [B]`` or
-``encoder_hidden_states [B,S,D]``. Its output is the prediction channels only (a learned
-variance half, as DiT-XL has, is dropped). Later passes name cacheable points here.
+The adapter is what gets exported. Its ONNX inputs are ``sample [B,C,H,W]``, ``timestep [B]``
+(float32, the native timestep) and then the family's conditioning inputs, each named and described
+by a :class:`CondInput` (``class_labels [B]``, ``encoder_hidden_states [B,S,D]``, SDXL's
+``text_embeds``/``time_ids``, ...). Its output is the prediction channels only (a learned-variance
+half, as DiT-XL/2 and PixArt have, is dropped). The families themselves live in
+``dmc.models.families``; later passes name cacheable points there.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
-from dmc.errors import DmcError
+UNCOND_POLICIES = ("zeros", "same", "null_class")
+
+
+@dataclass(frozen=True)
+class CondInput:
+    """One named conditioning input of the graphs, as the runtime must feed it.
+
+    ``shape`` is per image (the batch dimension is added). ``default`` (a scalar or a nested list of
+    ``shape``) is fed when the caller gives nothing; None means zeros. ``uncond`` says what the
+    unconditional half of a guided batch gets when the caller gives no unconditional value:
+    ``zeros`` (an empty prompt's embedding stands in as zeros), ``same`` (a size/crop/guidance
+    condition, identical in both halves) or ``null_class`` (the model's null label).
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    uncond: str = "zeros"
+    default: float | list | None = None
+
+    def __post_init__(self):
+        if self.uncond not in UNCOND_POLICIES:
+            raise ValueError(f"{self.name}: uncond must be one of {UNCOND_POLICIES}")
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "uncond": self.uncond,
+                "default": self.default}
+
+    def value(self, batch: int) -> np.ndarray:
+        """The default value for ``batch`` images."""
+        one = np.zeros(self.shape, self.dtype) if self.default is None else np.asarray(self.default, self.dtype)
+        return np.ascontiguousarray(np.broadcast_to(one, (batch, *self.shape)))
 
 
 @dataclass(frozen=True)
 class Conditioning:
-    """What the model is conditioned on, and what "unconditional" means for guidance."""
+    """What the model is conditioned on, and what "unconditional" means for guidance.
+
+    ``kind`` is the summary older readers understand (``none``/``class``/``embedding``);
+    ``inputs`` lists every conditioning graph input in graph order.
+    """
 
     kind: str  # "none" | "class" | "embedding"
     num_classes: int = 0
     null_class: int | None = None
-    embedding_shape: tuple[int, int] | None = None  # (tokens, dim) for "embedding"
+    embedding_shape: tuple[int, int] | None = None  # (tokens, dim) of encoder_hidden_states
+    inputs: tuple[CondInput, ...] = field(default_factory=tuple)
 
     def to_json(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+        return {"kind": self.kind, "num_classes": self.num_classes, "null_class": self.null_class,
+                "embedding_shape": list(self.embedding_shape) if self.embedding_shape else None,
+                "inputs": [i.to_json() for i in self.inputs]}
+
+    @property
+    def names(self) -> list[str]:
+        return [i.name for i in self.inputs]
+
+
+def class_conditioning(num_classes: int, null_class: int | None) -> Conditioning:
+    return Conditioning("class", num_classes, null_class,
+                        inputs=(CondInput("class_labels", (), "int64", uncond="null_class"),))
+
+
+def text_conditioning(tokens: int, dim: int, *extra: CondInput) -> Conditioning:
+    """``encoder_hidden_states [tokens, dim]`` first, then ``extra`` inputs."""
+    return Conditioning("embedding", embedding_shape=(tokens, dim),
+                        inputs=(CondInput("encoder_hidden_states", (tokens, dim)), *extra))
 
 
 class Adapter(nn.Module):
-    family = "base"
-    cond_input: str | None = None
+    """Base class. Subclasses set ``family`` and define ``conditioning()`` and a flat ``forward``
+    (the exporter maps graph input names onto its positional parameters)."""
 
-    def __init__(self, model: nn.Module):
+    family = "base"  # broad kind the passes dispatch on: "unet" | "dit" | "transformer"
+
+    def __init__(self, model: nn.Module, resolution: tuple[int, int] | None = None):
         super().__init__()
         self.model = model.eval()
         cfg = model.config
-        self.in_channels = cfg.in_channels
-        size = cfg.sample_size
+        self.in_channels = self.latent_channels(cfg)
+        size = resolution or self.default_size(cfg)
         self.sample_size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+
+    @staticmethod
+    def latent_channels(cfg) -> int:
+        return cfg.in_channels
+
+    @staticmethod
+    def default_size(cfg):
+        return cfg.sample_size
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
         return (self.in_channels, *self.sample_size)
 
     @property
+    def pixel_size(self) -> tuple[int, int]:
+        """The image size a latent model is conditioned on (the usual VAE factor 8)."""
+        return (8 * self.sample_size[0], 8 * self.sample_size[1])
+
+    @property
     def input_names(self) -> list[str]:
-        return ["sample", "timestep"] + ([self.cond_input] if self.cond_input else [])
+        return ["sample", "timestep"] + self.conditioning().names
 
     def conditioning(self) -> Conditioning:
         return Conditioning("none")
@@ -55,89 +126,23 @@ class Adapter(nn.Module):
     def example_inputs(self, batch: int = 2) -> tuple:
         x = torch.randn(batch, *self.sample_shape)
         t = torch.linspace(999, 1, batch)
-        return (x, t)
+        conds = []
+        for spec in self.conditioning().inputs:
+            if spec.dtype == "int64":
+                conds.append(torch.arange(batch) % max(self.conditioning().num_classes, 1))
+            elif spec.default is not None:
+                conds.append(torch.from_numpy(spec.value(batch)))
+            else:
+                conds.append(torch.randn(batch, *spec.shape))
+        return (x, t, *conds)
 
     def _pred(self, out: torch.Tensor) -> torch.Tensor:
         return out[:, : self.in_channels] if out.shape[1] != self.in_channels else out
 
 
-class UNet2DAdapter(Adapter):
-    family = "unet"
+def make_adapter(model, class_name: str | None = None, resolution: tuple[int, int] | None = None) -> Adapter:
+    """The family adapter for a loaded diffusers model (see ``dmc.models.families``). The family is read
+    from the model's own class and config; ``class_name`` is accepted for older callers and not needed."""
+    from dmc.models.families import family_of_model
 
-    def __init__(self, model, null_class: int | None = None):
-        super().__init__(model)
-        self.num_class_embeds = model.config.num_class_embeds
-        if self.num_class_embeds:
-            self.cond_input = "class_labels"
-        # Convention (the demo follows it): the last class embedding is the null class.
-        self.null_class = null_class if null_class is not None else (
-            self.num_class_embeds - 1 if self.num_class_embeds else None)
-
-    def conditioning(self) -> Conditioning:
-        if not self.num_class_embeds:
-            return Conditioning("none")
-        return Conditioning("class", self.num_class_embeds - 1, self.null_class)
-
-    def example_inputs(self, batch: int = 2) -> tuple:
-        x, t = super().example_inputs(batch)
-        if self.cond_input:
-            return (x, t, torch.arange(batch) % self.num_class_embeds)
-        return (x, t)
-
-    def forward(self, sample, timestep, class_labels=None):
-        return self._pred(self.model(sample, timestep, class_labels=class_labels, return_dict=False)[0])
-
-
-class UNet2DConditionAdapter(Adapter):
-    family = "unet"
-    cond_input = "encoder_hidden_states"
-
-    def __init__(self, model, tokens: int = 77):
-        super().__init__(model)
-        dim = model.config.cross_attention_dim
-        self.embedding_shape = (tokens, dim if isinstance(dim, int) else dim[0])
-
-    def conditioning(self) -> Conditioning:
-        return Conditioning("embedding", embedding_shape=self.embedding_shape)
-
-    def example_inputs(self, batch: int = 2) -> tuple:
-        x, t = super().example_inputs(batch)
-        return (x, t, torch.randn(batch, *self.embedding_shape))
-
-    def forward(self, sample, timestep, encoder_hidden_states):
-        out = self.model(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
-        return self._pred(out)
-
-
-class DiTAdapter(Adapter):
-    family = "dit"
-    cond_input = "class_labels"
-
-    def __init__(self, model):
-        super().__init__(model)
-        self.num_classes = model.config.num_embeds_ada_norm
-
-    def conditioning(self) -> Conditioning:
-        # diffusers' LabelEmbedding appends one extra row, the null class, when trained with label dropout.
-        return Conditioning("class", self.num_classes, self.num_classes)
-
-    def example_inputs(self, batch: int = 2) -> tuple:
-        x, t = super().example_inputs(batch)
-        return (x, t, torch.arange(batch) % self.num_classes)
-
-    def forward(self, sample, timestep, class_labels):
-        return self._pred(self.model(sample, timestep, class_labels=class_labels, return_dict=False)[0])
-
-
-ADAPTERS = {
-    "UNet2DModel": UNet2DAdapter,
-    "UNet2DConditionModel": UNet2DConditionAdapter,
-    "DiTTransformer2DModel": DiTAdapter,
-}
-
-
-def make_adapter(model, class_name: str | None = None) -> Adapter:
-    class_name = class_name or type(model).__name__
-    if class_name not in ADAPTERS:
-        raise DmcError(f"no adapter for {class_name} (have: {', '.join(ADAPTERS)})")
-    return ADAPTERS[class_name](model).eval()
+    return family_of_model(model).adapter(model, resolution).eval()

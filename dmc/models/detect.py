@@ -1,4 +1,5 @@
-"""Guess the diffusers class and config of a bare checkpoint from its tensor names and shapes.
+"""Guess the config of a bare checkpoint from its tensor names and shapes (the family itself is
+detected by ``dmc.models.families.detect``).
 
 Some hyper-parameters leave no trace in the weights (head count, GroupNorm groups, the
 training resolution). Those are filled with the usual defaults and listed in
@@ -16,19 +17,6 @@ class Detection:
     class_name: str
     config: dict
     assumptions: list[str] = field(default_factory=list)
-
-
-def detect_class(shapes: dict[str, tuple]) -> str | None:
-    names = shapes.keys()
-    if "pos_embed.proj.weight" in shapes and any(n.startswith("transformer_blocks.") for n in names):
-        if any(".norm1.emb.class_embedder." in n for n in names):
-            return "DiTTransformer2DModel"
-        return None
-    if "conv_in.weight" in shapes and "time_embedding.linear_1.weight" in shapes:
-        if any(".attn2.to_k.weight" in n for n in names):
-            return "UNet2DConditionModel"
-        return "UNet2DModel"
-    return None
 
 
 def _count(shapes: dict, pattern: str) -> int:

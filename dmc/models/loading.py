@@ -12,14 +12,16 @@ from pathlib import Path
 
 from dmc.artifact.manifest import sha256_path
 from dmc.errors import DmcError
-from dmc.models import detect
+from dmc.models import detect, families
 from dmc.models.builtin import DEMO_MODELS, SCHEDULER_CONFIG, demo_path
 from dmc.models.checkpoint import META_CLASS, META_CONFIG, META_SCHEDULER
-from dmc.models.safetensors_file import load_tensors, refuse_pickle
+from dmc.models.memory import check_memory
+from dmc.models.safetensors_file import load_tensors, read_header, refuse_pickle
 
-SUPPORTED = ("UNet2DModel", "UNet2DConditionModel", "DiTTransformer2DModel")
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+SHARD_INDEX = WEIGHTS_NAME + ".index.json"  # the hub's sharded layout (SD3, Flux)
 PIPELINE_SUBFOLDERS = ("unet", "transformer")
+SCHEDULER_FILE = Path("scheduler") / "scheduler_config.json"
 
 
 @dataclass
@@ -32,6 +34,30 @@ class LoadedModel:
     weights_path: Path
     sha256: str
     assumptions: list[str] = field(default_factory=list)
+    family: str = ""  # dmc.models.families name ("sd", "sdxl", "dit", "pixart", ...)
+
+
+@dataclass
+class Source:
+    """What a source says before any tensor is read: files, headers, config and family."""
+
+    name: str
+    weights: list[Path]  # one file, or the shards of a sharded checkpoint
+    shapes: dict[str, tuple]
+    metadata: dict
+    class_name: str
+    config: dict | None  # None: to be inferred from the tensor shapes
+    family: "families.Family"
+
+    @property
+    def parameters(self) -> int:
+        total = 0
+        for shape in self.shapes.values():
+            n = 1
+            for d in shape:
+                n *= int(d)
+            total += n
+        return total
 
 
 def _read_json(path: Path) -> dict:
@@ -44,35 +70,55 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def _resolve(source: str) -> tuple[Path, Path | None, str]:
-    """Return (weights file, config file or None, display name)."""
+def _resolve(source: str) -> tuple[list[Path], Path | None, str]:
+    """Return (weights files, config file or None, display name)."""
     if source in DEMO_MODELS:
         path = demo_path(source)
         if not path.exists():
             raise DmcError(f"built-in model {source!r} is missing its weights ({path}); reinstall dmc")
-        return path, None, source
+        return [path], None, source
     path = Path(source)
     if not path.exists():
         raise DmcError(f"{source}: no such file or folder (give a diffusers model folder, a .safetensors file, "
                        f"or one of the built-in names {sorted(DEMO_MODELS)})")
     if path.is_dir():
-        for sub in PIPELINE_SUBFOLDERS:  # a whole pipeline folder: take its backbone
-            if (path / sub / "config.json").exists() and not (path / "config.json").exists():
-                path = path / sub
+        if not (path / "config.json").exists():
+            path = _pipeline_backbone(path)
         config = path / "config.json"
         if not config.exists():
             raise DmcError(f"{path}: folder has no config.json (expected a diffusers model folder with "
                            f"config.json and {WEIGHTS_NAME})")
-        weights = path / WEIGHTS_NAME
-        if not weights.exists():
-            found = sorted(p.name for p in path.iterdir() if p.suffix in {".bin", ".safetensors", ".ckpt", ".pt"})
-            hint = f"; found {found}" if found else ""
-            raise DmcError(f"{path}: no {WEIGHTS_NAME}{hint}")
-        return weights, config, str(path)
+        return _folder_weights(path), config, str(path)
     refuse_pickle(path)
     if path.suffix.lower() != ".safetensors":
         raise DmcError(f"{path}: unsupported file type {path.suffix!r} (expected .safetensors or a folder)")
-    return path, None, str(path)
+    return [path], None, str(path)
+
+
+def _pipeline_backbone(path: Path) -> Path:
+    """The backbone subfolder of a whole pipeline folder, which must say how it was trained to sample."""
+    for sub in PIPELINE_SUBFOLDERS:
+        if (path / sub / "config.json").exists():
+            if not (path / SCHEDULER_FILE).exists():
+                raise DmcError(f"{path}: pipeline folder has no {SCHEDULER_FILE.as_posix()}, so its training "
+                               "schedule is unknown; add the scheduler folder from the model's repository")
+            return path / sub
+    return path
+
+
+def _folder_weights(path: Path) -> list[Path]:
+    if (path / WEIGHTS_NAME).exists():
+        return [path / WEIGHTS_NAME]
+    if (path / SHARD_INDEX).exists():
+        index = _read_json(path / SHARD_INDEX)
+        shards = list(dict.fromkeys((index.get("weight_map") or {}).values()))
+        missing = [s for s in shards if not (path / s).exists()]
+        if not shards or missing:
+            raise DmcError(f"{path / SHARD_INDEX}: " + (f"shard {missing[0]} is missing" if missing else "no shards"))
+        return [path / s for s in shards]
+    found = sorted(p.name for p in path.iterdir() if p.suffix in {".bin", ".safetensors", ".ckpt", ".pt"})
+    hint = f"; found {found}" if found else ""
+    raise DmcError(f"{path}: no {WEIGHTS_NAME}{hint}")
 
 
 def _scheduler_config_near(weights: Path) -> dict | None:
@@ -80,11 +126,14 @@ def _scheduler_config_near(weights: Path) -> dict | None:
     return _read_json(candidate) if candidate.exists() else None
 
 
-def load_model(source: str, config_path: str | None = None) -> LoadedModel:
-    """Load ``source`` (demo name, folder or .safetensors) into an eval-mode diffusers model."""
+def inspect_source(source: str, config_path: str | None = None) -> Source:
+    """Resolve ``source`` to its files, config and family from headers and JSON alone (no tensor is read)."""
     weights, config_file, name = _resolve(source)
-    state, metadata = load_tensors(weights)
-    assumptions: list[str] = []
+    shapes, metadata = {}, {}
+    for i, path in enumerate(weights):
+        header, meta = read_header(path)
+        shapes.update({k: tuple(v.get("shape", ())) for k, v in header.items()})
+        metadata = metadata if i else meta
     class_name, config = None, None
     if config_path:
         config = _read_json(Path(config_path))
@@ -94,35 +143,48 @@ def load_model(source: str, config_path: str | None = None) -> LoadedModel:
         config = json.loads(metadata[META_CONFIG])
         class_name = metadata.get(META_CLASS)
     else:
-        for sidecar in (weights.with_suffix(".json"), weights.parent / "config.json"):
+        for sidecar in (weights[0].with_suffix(".json"), weights[0].parent / "config.json"):
             if sidecar.exists():
                 config = _read_json(sidecar)
                 break
     if config is not None:
         class_name = config.get("_class_name", class_name)
-    shapes = {k: tuple(v.shape) for k, v in state.items()}
     if class_name is None:
-        class_name = detect.detect_class(shapes)
-        if class_name is None:
+        found = families.detect(shapes)
+        if found is None:
             raise DmcError(
                 f"{name}: unknown architecture: no config names the class, and the tensor names match none of "
-                f"{', '.join(SUPPORTED)} (tried metadata, a sidecar .json/config.json, and name detection); "
-                "pass --config CONFIG.json"
+                f"the supported families ({families.supported_classes()}); pass --config CONFIG.json"
             )
-    if class_name not in SUPPORTED:
-        raise DmcError(f"{name}: architecture {class_name!r} is not supported yet (supported: {', '.join(SUPPORTED)})")
-    if config is None or not {k for k in config if not k.startswith("_")}:
+        class_name = found.model_class
+    if config is not None and not {k for k in config if not k.startswith("_")}:
+        config = None
+    family = families.resolve(class_name, config or {}, shapes, name)
+    return Source(name, weights, shapes, metadata, class_name, config, family)
+
+
+def load_model(source: str, config_path: str | None = None) -> LoadedModel:
+    """Load ``source`` (demo name, folder or .safetensors) into an eval-mode diffusers model."""
+    src = inspect_source(source, config_path)
+    name, config, assumptions = src.name, src.config, []
+    class_name = src.family.model_class
+    if config is None:
         if class_name not in detect.INFER:
             raise DmcError(f"{name}: found a {class_name} but no config; pass --config CONFIG.json")
         try:
-            found = detect.INFER[class_name](shapes)
+            found = detect.INFER[class_name](src.shapes)
         except (KeyError, IndexError, StopIteration) as e:
             raise DmcError(f"{name}: looks like a {class_name} but its config could not be inferred "
                            f"(missing {e}); pass --config CONFIG.json") from None
         config, assumptions = found.config, found.assumptions
         for a in assumptions:
             warnings.warn(f"{name}: config inferred from tensor shapes, assuming {a}", stacklevel=2)
+    check_memory(src.parameters, name)
+    state, metadata = {}, src.metadata
+    for path in src.weights:
+        state.update(load_tensors(path)[0])
     model = _instantiate(class_name, config, state, name)
+    weights = src.weights[0]
     if source in DEMO_MODELS:  # the demo's schedule is defined in code, not in the file
         scheduler = dict(SCHEDULER_CONFIG)
     elif META_SCHEDULER in metadata:
@@ -130,7 +192,14 @@ def load_model(source: str, config_path: str | None = None) -> LoadedModel:
     else:
         scheduler = _scheduler_config_near(weights)
     clean = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
-    return LoadedModel(model, class_name, clean, scheduler, name, weights, sha256_path(weights), assumptions)
+    digest = sha256_path(weights) if len(src.weights) == 1 else _sha256_of_shards(src.weights)
+    return LoadedModel(model, class_name, clean, scheduler, name, weights, digest, assumptions, src.family.name)
+
+
+def _sha256_of_shards(paths: list[Path]) -> str:
+    import hashlib
+
+    return hashlib.sha256("".join(sha256_path(p) for p in paths).encode()).hexdigest()
 
 
 def _instantiate(class_name: str, config: dict, state: dict, name: str):

@@ -165,13 +165,16 @@ def noise_set(ctx, cfg, under_schedule: bool = True) -> CalibrationSet:
     t = rng.integers(0, T, size=rows).astype(np.float32)
     feeds = {"sample": x, "timestep": t}
     cond = ctx.adapter.conditioning()
-    if cond.kind == "class":
-        labels = rng.integers(0, cond.num_classes, size=rows).astype(np.int64)
-        if ctx.recipe.guided:
-            labels[:n] = cond.null_class
-        feeds["class_labels"] = labels
-    elif cond.kind == "embedding":
-        feeds["encoder_hidden_states"] = rng.standard_normal((rows, *cond.embedding_shape), dtype=np.float32)
+    for spec in cond.inputs:  # random labels and text states; size/guidance conditions at their defaults
+        if spec.dtype == "int64":
+            labels = rng.integers(0, cond.num_classes, size=rows).astype(np.int64)
+            if ctx.recipe.guided:
+                labels[:n] = cond.null_class
+            feeds[spec.name] = labels
+        elif spec.uncond == "same":
+            feeds[spec.name] = spec.value(rows)
+        else:
+            feeds[spec.name] = rng.standard_normal((rows, *spec.shape), dtype=np.float32)
     taus = np.array([c.timestep for c in ctx.calls])
     nearest = np.abs(taus[None, :] - t[:, None]).argmin(axis=1)
     batches, states = {}, {}

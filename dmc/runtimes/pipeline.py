@@ -8,6 +8,7 @@ import numpy as np
 
 from dmc.artifact import Manifest
 from dmc.errors import DmcError
+from dmc.runtimes.conditions import cond_inputs, condition_feeds
 from dmc.sampling.calls import SamplerCall, default_labels, guide, initial_noise, sampler_update
 from dmc.sampling.recipe import Recipe
 
@@ -66,33 +67,28 @@ class Pipeline:
             raise DmcError(f"class labels must be in 0..{self.cond['num_classes'] - 1}")
         return labels
 
-    def embeddings_for(self, n: int, embeddings, uncond) -> tuple[np.ndarray, np.ndarray] | None:
-        """Per-image conditioning embeddings ``[n, S, D]`` and the unconditional ones (default zeros)."""
-        if self.cond["kind"] != "embedding":
-            if embeddings is not None:
-                raise DmcError("this model takes no embeddings")
-            return None
-        shape = tuple(self.cond["embedding_shape"])
-        emb = np.zeros((n, *shape), np.float32) if embeddings is None else np.asarray(embeddings, np.float32)
-        emb = np.broadcast_to(emb, (n, *shape)) if emb.ndim == 2 else emb
-        un = np.zeros((n, *shape), np.float32) if uncond is None else np.broadcast_to(
-            np.asarray(uncond, np.float32), (n, *shape))
-        if emb.shape != (n, *shape):
-            raise DmcError(f"embeddings must have shape [{n}, {shape[0]}, {shape[1]}], got {list(emb.shape)}")
-        return emb, un
-
     def sample(self, n: int = 1, seed: int | None = None, class_labels=None, batch_size: int = 16,
                first: int = 0, progress: bool = False, on_call: Callable | None = None,
-               embeddings=None, uncond_embeddings=None) -> np.ndarray:
+               embeddings=None, uncond_embeddings=None, conditions: dict | None = None,
+               uncond_conditions: dict | None = None) -> np.ndarray:
         """Final samples ``[n, C, H, W]`` (float32, model space).
 
+        ``conditions``/``uncond_conditions`` map conditioning input names (the manifest's
+        ``conditioning.inputs``) to one value for every image or one per image; missing ones get the
+        input's default and, for the unconditional half, its ``uncond`` rule (``conditions.py``).
+        ``embeddings``/``uncond_embeddings`` are shorthand for ``encoder_hidden_states``.
         ``on_call(k, feeds, out, x_next)`` sees every model call: the trajectory recorder's hook.
         """
         if n < 1:
             raise DmcError("n must be at least 1")
         seed = self.recipe.seed if seed is None else seed
         labels = self.labels_for(n, class_labels, first)
-        emb = self.embeddings_for(n, embeddings, uncond_embeddings)
+        if embeddings is not None or uncond_embeddings is not None:
+            if "encoder_hidden_states" not in {s["name"] for s in cond_inputs(self.cond)}:
+                raise DmcError("this model takes no embeddings")
+            conditions = {**(conditions or {}), "encoder_hidden_states": embeddings}
+            uncond_conditions = {**(uncond_conditions or {}), "encoder_hidden_states": uncond_embeddings}
+        feeds, unfeeds = condition_feeds(self.cond, n, conditions, uncond_conditions)
         bar = None
         if progress:
             from tqdm import tqdm
@@ -106,9 +102,9 @@ class Pipeline:
             if labels is not None:
                 cond["class_labels"] = labels[start:start + b]
                 uncond["class_labels"] = np.full(b, self.cond["null_class"], dtype=np.int64)
-            if emb is not None:
-                cond["encoder_hidden_states"] = emb[0][start:start + b]
-                uncond["encoder_hidden_states"] = emb[1][start:start + b]
+            for name in feeds:  # graph input order is fixed by name, not by this dict
+                cond[name] = feeds[name][start:start + b]
+                uncond[name] = unfeeds[name][start:start + b]
             chunks.append(self._run_batch(x, cond, uncond, bar, on_call))
         if bar is not None:
             bar.close()
