@@ -117,7 +117,8 @@ class Pipeline:
         history: list = []
         buffers: dict[str, np.ndarray] = {}  # cached tensors, named by the graph output that wrote them
         for k, call in enumerate(self.calls):
-            xin = np.concatenate([x, x]) if guided else x
+            xin = x if call.scale_in == 1 else (x * np.float32(call.scale_in))
+            xin = np.concatenate([xin, xin]) if guided else xin
             t = np.full(len(xin), call.timestep, dtype=np.float32)
             feeds = {"sample": xin, "timestep": t, **cond_feed, **buffers}
             for name, key in call.extra.get("tables", {}).items():  # per-call constants (e.g. corrections)

@@ -4,10 +4,14 @@ Every deterministic sampler dmc compiles reduces to, per call k with model outpu
 
     D   = d_x * x + d_out * out          # data prediction (x0), optionally clipped
     eps = e_x * x + e_out * out          # noise prediction
-    x'  = a * x + b * eps + sum_j c[j] * D_{k-j}
+    x'  = a * x + b * eps + o * out + sum_j c[j] * D_{k-j}
+          + sum_j x_hist[j] * x_{k-1-j} + sum_j out_hist[j] * out_{k-1-j}
 
-so the runtime needs only these coefficients (derived from diffusers' schedulers at
-compile time, see ``dmc.sampling.compile``) and numpy.
+and the network sees ``scale_in * x``. The runtime needs only these coefficients (derived
+from diffusers' schedulers at compile time, see ``dmc.sampling.compile``) and numpy. The
+history terms carry multistep and restarting solvers (DEIS/PLMS use earlier outputs, Heun
+and PRK restart from an earlier state); tables written before they existed leave them
+empty and run unchanged.
 """
 
 from __future__ import annotations
@@ -30,6 +34,10 @@ class SamplerCall:
     clip: float | None = None  # clamp D to [-clip, clip] (DDIM's clip_sample)
     graph: str = "full"  # which graph variant runs this call
     extra: dict = field(default_factory=dict)  # columns added by passes (cache reads/writes, scale group)
+    o: float = 0.0  # weight of this call's (guided) output itself
+    x_hist: list[float] = field(default_factory=list)  # weights of x_{k-1}, x_{k-2}, ... (earlier call inputs)
+    out_hist: list[float] = field(default_factory=list)  # weights of out_{k-1}, out_{k-2}, ...
+    scale_in: float = 1.0  # the network's sample input is scale_in * x (diffusers' scale_model_input)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -39,25 +47,38 @@ class SamplerCall:
         return cls(**d)
 
 
+KEEP_HISTORY = 1  # at least the current call; tables pad their rows for what later rows reach back to
+
+
 def sampler_update(call: SamplerCall, x: np.ndarray, out: np.ndarray, history: list) -> np.ndarray:
-    """Advance ``x`` by one call. ``history`` holds earlier data predictions, newest first, and is updated.
+    """Advance ``x`` by one call. ``history`` holds ``(x, out, D)`` of earlier calls, newest first, and is
+    updated; callers only create it empty and pass it back.
 
     Computed in float64: at the noisiest call of a cosine schedule d_x is ~2e4, and the
     cancellation in ``d_x * x + d_out * out`` would cost float32 its last digits.
     """
+    dtype = np.float64 if x.dtype == np.float64 else np.float32  # float32 at run time; float64 for analysis
     x, out = x.astype(np.float64), out.astype(np.float64)
     d = call.d_x * x + call.d_out * out
     if call.clip is not None:
         d = np.clip(d, -call.clip, call.clip)
-    history.insert(0, d)
-    del history[len(call.c):]
+    history.insert(0, (x, out, d))
+    del history[max(KEEP_HISTORY, len(call.c), len(call.x_hist) + 1, len(call.out_hist) + 1):]
     x_next = call.a * x
     if call.b:
         x_next = x_next + call.b * (call.e_x * x + call.e_out * out)
-    for c, dj in zip(call.c, history):
+    if call.o:
+        x_next = x_next + call.o * out
+    for c, (_, _, dj) in zip(call.c, history):
         if c:
             x_next = x_next + c * dj
-    return x_next.astype(np.float32, copy=False)
+    for w, (xj, _, _) in zip(call.x_hist, history[1:]):
+        if w:
+            x_next = x_next + w * xj
+    for w, (_, oj, _) in zip(call.out_hist, history[1:]):
+        if w:
+            x_next = x_next + w * oj
+    return x_next.astype(dtype, copy=False)
 
 
 def initial_noise(seed: int, n: int, shape: tuple[int, ...], first: int = 0) -> np.ndarray:

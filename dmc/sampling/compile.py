@@ -1,93 +1,69 @@
 """Derive the per-call coefficients of a sampler from diffusers' own schedulers (compile side).
 
-The scheduler computes its timesteps and noise levels; dmc reads them and writes the
-closed-form update of each call as a :class:`SamplerCall`. Tests check the result against
-diffusers' ``scheduler.step`` loop.
+The scheduler named by the solver registry (``dmc.sampling.solvers``) is configured from the
+model's training schedule plus the solver's forced settings; it computes its timesteps and
+noise levels, and the solver's table builder writes each call as a :class:`SamplerCall`.
+Tests check every table against diffusers' ``scheduler.step`` loop.
 """
 
 from __future__ import annotations
 
 import inspect
-import math
 
 from dmc.errors import DmcError
+from dmc.sampling import schedules
 from dmc.sampling.calls import SamplerCall
 from dmc.sampling.recipe import Recipe
-
-DEFAULT_TRAINING_SCHEDULE = {"num_train_timesteps": 1000, "beta_schedule": "linear",
-                             "beta_start": 0.0001, "beta_end": 0.02, "prediction_type": "epsilon"}
-SCHEDULER_CLASSES = {"ddim": "DDIMScheduler", "dpm++2m": "DPMSolverMultistepScheduler"}
-FORCED = {"dpm++2m": {"algorithm_type": "dpmsolver++", "solver_order": 2, "thresholding": False}}
+from dmc.sampling.solvers import SOLVERS, names
 
 
-def build_scheduler(recipe: Recipe, training_schedule: dict | None):
-    """The diffusers scheduler for ``recipe``, keeping only the keys that scheduler accepts."""
+def flow_mu(schedule: dict, sample_shape: tuple | None) -> float:
+    """Dynamic shift (Flux): mu interpolated linearly in the packed image sequence length,
+    (H/2)*(W/2) tokens of the latent, between (base_image_seq_len, base_shift) and (max_*, max_*)."""
+    if not sample_shape:
+        raise DmcError("this schedule shifts with the image size (use_dynamic_shifting); the sample shape is unknown")
+    seq = (sample_shape[-2] // 2) * (sample_shape[-1] // 2)
+    base_len, max_len = schedule.get("base_image_seq_len", 256), schedule.get("max_image_seq_len", 4096)
+    base, top = schedule.get("base_shift", 0.5), schedule.get("max_shift", 1.15)
+    return base + (top - base) * (seq - base_len) / (max_len - base_len)
+
+
+def build_scheduler(recipe: Recipe, training_schedule: dict | None, sample_shape: tuple | None = None):
+    """The diffusers scheduler for ``recipe``, configured from the training schedule, timesteps set."""
     import diffusers
 
-    cls = getattr(diffusers, SCHEDULER_CLASSES[recipe.sampler])
-    base = dict(training_schedule or DEFAULT_TRAINING_SCHEDULE)
+    if training_schedule is None:
+        raise DmcError("no training schedule; pass --scheduler-config FILE or --scheduler-preset NAME")
+    solver = SOLVERS[recipe.sampler]
+    kind = schedules.family(training_schedule)
+    if kind != solver.family:
+        raise DmcError(f"sampler {recipe.sampler!r} runs {solver.family} models, but this model's training "
+                       f"schedule is {kind} (choose from {', '.join(names(kind))})")
+    cls = getattr(diffusers, solver.scheduler)
     accepted = set(inspect.signature(cls.__init__).parameters)
+    base = {solver.renames.get(k, k): v for k, v in training_schedule.items() if not k.startswith("_")}
     kwargs = {k: v for k, v in base.items() if k in accepted}
-    kwargs.update(FORCED.get(recipe.sampler, {}))
+    kwargs.update(solver.forced)
     if kwargs.get("thresholding"):
         raise DmcError("dynamic thresholding is not supported by the compiled sampler")
-    sched = cls(**kwargs)
-    sched.set_timesteps(recipe.steps)
+    timestep_kwargs = {}
+    if training_schedule.get("use_dynamic_shifting"):
+        if "mu" not in inspect.signature(cls.set_timesteps).parameters:
+            raise DmcError(f"sampler {recipe.sampler!r} cannot follow a dynamically shifted schedule "
+                           f"(choose from {', '.join(n for n in names(kind) if n != recipe.sampler)})")
+        timestep_kwargs["mu"] = flow_mu(training_schedule, sample_shape)
+    try:
+        sched = cls(**kwargs)
+        sched.set_timesteps(recipe.steps, **timestep_kwargs)
+    except (ValueError, NotImplementedError, TypeError) as e:
+        raise DmcError(f"{solver.scheduler} refuses this schedule for {recipe.steps} steps: {e}") from None
     return sched
 
 
-def _prediction_terms(kind: str, alpha: float, sigma: float) -> tuple[float, float, float, float]:
-    """(d_x, d_out, e_x, e_out) for x = alpha * x0 + sigma * eps."""
-    if kind == "epsilon":
-        return 1 / alpha, -sigma / alpha, 0.0, 1.0
-    if kind == "v_prediction":
-        return alpha, -sigma, sigma, alpha
-    if kind == "sample":
-        return 0.0, 1.0, 1 / sigma, -alpha / sigma
-    raise DmcError(f"unsupported prediction_type {kind!r}")
-
-
-def ddim_calls(sched) -> list[SamplerCall]:
-    """DDIM with eta=0: x' = sqrt(abar') * clip(D) + sqrt(1 - abar') * eps."""
-    cfg = sched.config
-    step = cfg.num_train_timesteps // sched.num_inference_steps
-    clip = float(cfg.clip_sample_range) if cfg.clip_sample else None
-    calls = []
-    for t in sched.timesteps.tolist():
-        abar = float(sched.alphas_cumprod[t])
-        prev = t - step
-        abar_prev = float(sched.alphas_cumprod[prev]) if prev >= 0 else float(sched.final_alpha_cumprod)
-        terms = _prediction_terms(cfg.prediction_type, math.sqrt(abar), math.sqrt(1 - abar))
-        calls.append(SamplerCall(float(t), *terms, a=0.0, b=math.sqrt(1 - abar_prev),
-                                 c=[math.sqrt(abar_prev)], clip=clip))
-    return calls
-
-
-def dpmpp_2m_calls(sched) -> list[SamplerCall]:
-    """DPM-Solver++(2M), midpoint form, with diffusers' rules for first and final orders."""
-    cfg = sched.config
-    n = len(sched.timesteps)
-    sigmas = [float(s) for s in sched.sigmas]
-    alpha = [1 / math.sqrt(s * s + 1) for s in sigmas]
-    sig = [s * a for s, a in zip(sigmas, alpha)]
-    lam = [math.log(a) - math.log(s) if s > 0 else math.inf for a, s in zip(alpha, sig)]
-    calls = []
-    for i, t in enumerate(sched.timesteps.tolist()):
-        terms = _prediction_terms(cfg.prediction_type, alpha[i], sig[i])
-        final_first_order = i == n - 1 and (
-            cfg.euler_at_final or (cfg.lower_order_final and n < 15) or cfg.final_sigmas_type == "zero")
-        h = lam[i + 1] - lam[i]
-        em1 = -1.0 if math.isinf(h) else math.expm1(-h)  # e^{-h} - 1
-        a = sig[i + 1] / sig[i]
-        if i == 0 or final_first_order:
-            c = [-alpha[i + 1] * em1]
-        else:
-            r = (lam[i] - lam[i - 1]) / h
-            c = [-alpha[i + 1] * em1 * (1 + 0.5 / r), 0.5 * alpha[i + 1] * em1 / r]
-        calls.append(SamplerCall(float(t), *terms, a=a, b=0.0, c=c))
-    return calls
-
-
-def compile_calls(recipe: Recipe, training_schedule: dict | None) -> list[SamplerCall]:
-    sched = build_scheduler(recipe, training_schedule)
-    return {"ddim": ddim_calls, "dpm++2m": dpmpp_2m_calls}[recipe.sampler](sched)
+def compile_calls(recipe: Recipe, training_schedule: dict | None,
+                  sample_shape: tuple | None = None) -> list[SamplerCall]:
+    sched = build_scheduler(recipe, training_schedule, sample_shape)
+    try:
+        return SOLVERS[recipe.sampler].build(sched)
+    except (ValueError, NotImplementedError) as e:  # e.g. PNDM refusing prediction_type="sample"
+        raise DmcError(f"sampler {recipe.sampler!r} cannot run this training schedule: {e}") from None

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from dmc.errors import DmcError
+from dmc.sampling.solvers import SOLVERS
 
-SAMPLERS = ("ddim", "dpm++2m")
+SAMPLERS = tuple(SOLVERS)
 
 
 @dataclass(frozen=True)

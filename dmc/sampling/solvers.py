@@ -1,0 +1,68 @@
+"""The compiled samplers, one registry entry each: which diffusers scheduler defines it, the
+settings dmc forces on it, which kind of training schedule it runs, and its table builder.
+
+``--sampler`` choices, ``Recipe`` validation and the README table all read this registry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from dmc.sampling.tables import ddim_calls, dpmpp_2m_calls, traced_calls
+
+DIFFUSION, FLOW = "diffusion", "flow"  # VP training schedules (betas) / rectified-flow ones (sigmas)
+_FLOW_SIGMAS = {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}
+
+
+@dataclass(frozen=True)
+class Solver:
+    scheduler: str  # the diffusers class whose step loop the table reproduces
+    family: str  # DIFFUSION or FLOW: the training schedules it can run
+    summary: str
+    forced: dict = field(default_factory=dict)  # kwargs dmc sets on top of the training schedule
+    build: Callable = traced_calls  # configured scheduler -> list[SamplerCall]
+    renames: dict = field(default_factory=dict)  # training-schedule key -> this scheduler's key
+    calls: str = "N"  # model calls for N steps
+
+
+_NO_THRESHOLD = {"thresholding": False}
+SOLVERS: dict[str, Solver] = {
+    "ddim": Solver("DDIMScheduler", DIFFUSION, "DDIM (eta 0), clip_sample as configured", build=ddim_calls),
+    "dpm++2m": Solver("DPMSolverMultistepScheduler", DIFFUSION, "DPM-Solver++(2M), midpoint",
+                      {"algorithm_type": "dpmsolver++", "solver_order": 2, **_NO_THRESHOLD}, build=dpmpp_2m_calls),
+    "dpm++3m": Solver("DPMSolverMultistepScheduler", DIFFUSION, "DPM-Solver++(3M)",
+                      {"algorithm_type": "dpmsolver++", "solver_order": 3, **_NO_THRESHOLD}),
+    "unipc-bh1": Solver("UniPCMultistepScheduler", DIFFUSION, "UniPC order 2, B(h)=h; corrector folded in",
+                        # diffusers' bh1 returns NaN when the last sigma is 0 (B(h) = -inf times 0)
+                        {"solver_type": "bh1", "solver_order": 2, "predict_x0": True, "final_sigmas_type": "sigma_min",
+                         **_NO_THRESHOLD}),
+    "unipc-bh2": Solver("UniPCMultistepScheduler", DIFFUSION, "UniPC order 2, B(h)=e^h-1; corrector folded in",
+                        {"solver_type": "bh2", "solver_order": 2, "predict_x0": True, **_NO_THRESHOLD}),
+    "deis2": Solver("DEISMultistepScheduler", DIFFUSION, "DEIS (logrho) order 2",
+                    {"algorithm_type": "deis", "solver_type": "logrho", "solver_order": 2, **_NO_THRESHOLD}),
+    "deis3": Solver("DEISMultistepScheduler", DIFFUSION, "DEIS (logrho) order 3",
+                    {"algorithm_type": "deis", "solver_type": "logrho", "solver_order": 3, **_NO_THRESHOLD}),
+    "plms": Solver("PNDMScheduler", DIFFUSION, "PLMS (PNDM without Runge-Kutta warm-up)",
+                   {"skip_prk_steps": True}, calls="N+1"),
+    "pndm": Solver("PNDMScheduler", DIFFUSION, "PNDM: 3 Runge-Kutta steps, then PLMS",
+                   {"skip_prk_steps": False}, calls="N+9"),
+    "euler": Solver("EulerDiscreteScheduler", DIFFUSION, "Euler (deterministic), the schedule's own sigmas"),
+    "euler-karras": Solver("EulerDiscreteScheduler", DIFFUSION, "Euler on Karras sigmas (rho 7)",
+                           {"use_karras_sigmas": True}),
+    "heun-karras": Solver("HeunDiscreteScheduler", DIFFUSION, "Heun (2nd order) on Karras sigmas",
+                          {"use_karras_sigmas": True, "clip_sample": False}, calls="2N-1"),
+    "flow-euler": Solver("FlowMatchEulerDiscreteScheduler", FLOW, "flow-matching Euler (SD3, Flux)",
+                         {"stochastic_sampling": False}),
+    "flow-heun": Solver("FlowMatchHeunDiscreteScheduler", FLOW, "flow-matching Heun", calls="2N-1"),
+    "flow-unipc": Solver("UniPCMultistepScheduler", FLOW, "UniPC bh2 order 2 on flow sigmas",
+                         {**_FLOW_SIGMAS, "solver_type": "bh2", "solver_order": 2, "predict_x0": True,
+                          **_NO_THRESHOLD}, renames={"shift": "flow_shift"}),
+    "flow-dpm++2m": Solver("DPMSolverMultistepScheduler", FLOW, "DPM-Solver++(2M) on flow sigmas",
+                           {**_FLOW_SIGMAS, "algorithm_type": "dpmsolver++", "solver_order": 2, **_NO_THRESHOLD},
+                           build=traced_calls, renames={"shift": "flow_shift"}),
+}
+
+
+def names(family: str | None = None) -> list[str]:
+    return [n for n, s in SOLVERS.items() if family is None or s.family == family]
