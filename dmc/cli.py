@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from dmc.errors import DmcError
+from dmc.runtimes.executor import BACKENDS as _BACKENDS
 
 EPILOG_COMPRESS = """\b
 Examples:
@@ -102,7 +103,9 @@ def compress(model, out, sampler, steps, guidance, seed, config_path, int8, cach
 @click.option("--out", "-o", type=click.Path(), default="samples.png", show_default=True)
 @click.option("--provider", multiple=True, help="ONNX Runtime provider(s), e.g. CUDAExecutionProvider.")
 @click.option("--threads", type=int, default=None, help="Intra-op threads (default: all cores).")
-def run(artifact, n, seed, class_label, out, provider, threads):
+@click.option("--backend", type=click.Choice(list(_BACKENDS)), default="onnxruntime", show_default=True,
+              help="Runtime that executes the graphs (see dmc.runtimes.executor.BACKENDS).")
+def run(artifact, n, seed, class_label, out, provider, threads, backend):
     """Sample N images from ARTIFACT (no torch) and write them as a PNG grid.
 
     \b
@@ -112,7 +115,7 @@ def run(artifact, n, seed, class_label, out, provider, threads):
     from dmc.runtimes import load
     from dmc.runtimes.images import save_grid
 
-    pipe = load(artifact, providers=list(provider) or None, threads=threads)
+    pipe = load(artifact, backend=backend, providers=list(provider) or None, threads=threads)
     images = pipe(n=n, seed=seed, class_labels=class_label, progress=True)
     cols = 10 if pipe.cond["kind"] == "class" and n >= 10 else math.ceil(math.sqrt(n))
     save_grid(images, out, cols=cols)

@@ -285,12 +285,15 @@ class _Recorder:
         self.inner = inner
         self.calls: list[list[np.ndarray]] = []
 
+    def __getattr__(self, attr):  # the rest of the executor contract
+        return getattr(self.inner, attr)
+
     def output_names(self, graph):
         return self.inner.output_names(graph)
 
     def run(self, graph, feeds):
         outs = self.inner.run(graph, feeds)
-        self.calls.append(outs[1:])
+        self.calls.append([self.inner.to_numpy(o) for o in outs[1:]])
         return outs
 
 

@@ -1,4 +1,8 @@
-"""Run graph variants as torch modules, so the runtime's own sampler loop drives the torch model."""
+"""Run graph variants as torch modules, so the runtime's own sampler loop drives the torch model.
+
+Conforms to ``dmc.runtimes.executor.Executor``; on CPU its native values are numpy arrays
+sharing memory with torch's outputs (``Tensor.numpy`` does not copy).
+"""
 
 from __future__ import annotations
 
@@ -8,19 +12,26 @@ import torch
 
 class TorchExecutor:
     name = "torch"
+    providers = ["cpu"]
 
     def __init__(self, modules: dict[str, torch.nn.Module], input_names: dict[str, list[str]],
                  output_names: dict[str, list[str]]):
         self.modules = modules
-        self.input_names = input_names
+        self._input_names = input_names
         self._output_names = output_names
+
+    def input_names(self, graph: str) -> list[str]:
+        return self._input_names[graph]
 
     def output_names(self, graph: str) -> list[str]:
         return self._output_names[graph]
 
+    def to_numpy(self, value) -> np.ndarray:
+        return np.asarray(value)
+
     @torch.inference_mode()
     def run(self, graph: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        args = [torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.input_names[graph]]
+        args = [torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self._input_names[graph]]
         out = self.modules[graph](*args)
         outs = out if isinstance(out, (tuple, list)) else (out,)
         return [o.detach().float().numpy() for o in outs]

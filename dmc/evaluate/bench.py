@@ -40,6 +40,9 @@ class TimedExecutor:
         self.records: list[tuple[str, float]] = []
         self.name = getattr(inner, "name", type(inner).__name__)
 
+    def __getattr__(self, attr):  # the rest of the executor contract (providers, to_numpy, ...)
+        return getattr(self.inner, attr)
+
     def output_names(self, graph: str) -> list[str]:
         return self.inner.output_names(graph)
 

@@ -10,24 +10,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from dmc.artifact import read_manifest
+from dmc.runtimes.executor import BACKENDS, Executor, open_executor
 from dmc.runtimes.pipeline import Pipeline
-
-BACKENDS = ("onnxruntime",)
 
 
 def load(path: str | Path, backend: str = "onnxruntime", providers: list[str] | None = None,
          threads: int | None = None) -> Pipeline:
-    """Verify the artifact at ``path`` (format version and every checksum) and open its graphs."""
+    """Verify the artifact at ``path`` (format version and every checksum) and open its graphs
+    with ``backend`` (a name in ``BACKENDS``)."""
+    from dmc.runtimes.executor import backend_class
+
+    cls = backend_class(backend)  # an unknown name fails before the checksums are read
     manifest = read_manifest(path, verify=True)
-    if backend == "onnxruntime":
-        from dmc.runtimes.onnxruntime_executor import OnnxRuntimeExecutor
-
-        executor = OnnxRuntimeExecutor(manifest, providers=providers, threads=threads)
-    else:
-        from dmc.errors import DmcError
-
-        raise DmcError(f"unknown backend {backend!r} (available: {', '.join(BACKENDS)})")
-    return Pipeline.from_manifest(manifest, executor)
+    return Pipeline.from_manifest(manifest, cls(manifest, providers=providers, threads=threads))
 
 
-__all__ = ["load", "Pipeline"]
+__all__ = ["load", "Pipeline", "Executor", "BACKENDS", "open_executor"]

@@ -1,4 +1,9 @@
-"""ONNX Runtime executor: one session per graph variant of the artifact."""
+"""ONNX Runtime executor: one session per graph variant of the artifact.
+
+On the CPU provider native values are numpy arrays (``session.run``, the fastest path there).
+On a device provider (CUDA, TensorRT) the executor binds inputs and outputs with IO binding
+and returns ``OrtValue``s on the device, so cached tensors never cross to host between calls.
+"""
 
 from __future__ import annotations
 
@@ -24,10 +29,14 @@ def default_providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
+_DEVICE_OF_PROVIDER = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda"}
+
+
 class OnnxRuntimeExecutor:
     name = "onnxruntime"
 
-    def __init__(self, manifest: Manifest, providers: list[str] | None = None, threads: int | None = None):
+    def __init__(self, manifest: Manifest, providers: list[str] | None = None, threads: int | None = None,
+                 io_binding: bool | None = None, session_config: dict[str, str] | None = None):
         ort = _ort()
         requested = providers or default_providers()
         unknown = [p for p in requested if p not in ort.get_available_providers()]
@@ -39,6 +48,8 @@ class OnnxRuntimeExecutor:
         if threads:
             options.intra_op_num_threads = threads
         options.log_severity_level = 3
+        for key, value in (session_config or {}).items():  # e.g. session.intra_op.allow_spinning
+            options.add_session_config_entry(key, value)
         self.sessions = {}
         for name in manifest.graphs:
             try:
@@ -53,11 +64,36 @@ class OnnxRuntimeExecutor:
         if missing:
             warnings.warn(f"ONNX Runtime fell back from {missing} to {active}", stacklevel=2)
         self.providers = active
+        self.device = next((_DEVICE_OF_PROVIDER[p] for p in active if p in _DEVICE_OF_PROVIDER), "cpu")
+        self.io_binding = self.device != "cpu" if io_binding is None else io_binding
+        self._inputs = {g: [i.name for i in s.get_inputs()] for g, s in self.sessions.items()}
+        self._outputs = {g: [o.name for o in s.get_outputs()] for g, s in self.sessions.items()}
+        self._ortvalue = ort.OrtValue
+
+    def input_names(self, graph: str) -> list[str]:
+        return self._inputs[graph]
 
     def output_names(self, graph: str) -> list[str]:
-        return [o.name for o in self.sessions[graph].get_outputs()]
+        return self._outputs[graph]
 
-    def run(self, graph: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def run(self, graph: str, feeds: dict) -> list:
+        if self.io_binding:
+            return self._run_bound(graph, feeds)
+        return self.sessions[graph].run(None, {k: feeds[k] for k in self._inputs[graph] if k in feeds})
+
+    def _run_bound(self, graph: str, feeds: dict) -> list:
         session = self.sessions[graph]
-        names = {i.name for i in session.get_inputs()}
-        return session.run(None, {k: v for k, v in feeds.items() if k in names})
+        binding = session.io_binding()
+        for name in self._inputs[graph]:
+            value = feeds[name]
+            if isinstance(value, self._ortvalue):
+                binding.bind_ortvalue_input(name, value)
+            else:
+                binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name in self._outputs[graph]:
+            binding.bind_output(name, self.device)
+        session.run_with_iobinding(binding)
+        return binding.get_outputs()
+
+    def to_numpy(self, value) -> np.ndarray:
+        return value.numpy() if isinstance(value, self._ortvalue) else value

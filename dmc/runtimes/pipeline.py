@@ -9,6 +9,7 @@ import numpy as np
 from dmc.artifact import Manifest
 from dmc.errors import DmcError
 from dmc.runtimes.conditions import cond_inputs, condition_feeds
+from dmc.runtimes.executor import host_feeds
 from dmc.sampling.calls import SamplerCall, default_labels, guide, initial_noise, sampler_update
 from dmc.sampling.recipe import Recipe
 
@@ -20,11 +21,12 @@ def to_uint8(samples: np.ndarray) -> np.ndarray:
 
 
 class Pipeline:
-    """Runs a call table with any executor (``run(graph, feeds) -> [outputs]``).
+    """Runs a call table with any ``dmc.runtimes.executor.Executor``.
 
     Output 0 of every graph is the prediction; any further output is a cached tensor kept
     in ``buffers`` under its output name and fed to later graphs that have an input of that
-    name. ``call.extra["tables"]`` maps graph inputs to per-call constant arrays.
+    name. Buffers hold the executor's native values (they may stay on its device); only the
+    prediction is brought to host. ``call.extra["tables"]`` maps graph inputs to per-call constant arrays.
 
     The runtime builds it from a manifest and ONNX Runtime; the compile side builds the
     same loop around torch modules, so references and calibration data come from the
@@ -115,7 +117,8 @@ class Pipeline:
         guided = self.recipe.guided
         cond_feed = {k: np.concatenate([uncond[k], v]) for k, v in cond.items()} if guided else cond
         history: list = []
-        buffers: dict[str, np.ndarray] = {}  # cached tensors, named by the graph output that wrote them
+        buffers: dict = {}  # cached tensors (executor-native), named by the graph output that wrote them
+        executor = self.executor
         for k, call in enumerate(self.calls):
             xin = x if call.scale_in == 1 else (x * np.float32(call.scale_in))
             xin = np.concatenate([xin, xin]) if guided else xin
@@ -123,14 +126,14 @@ class Pipeline:
             feeds = {"sample": xin, "timestep": t, **cond_feed, **buffers}
             for name, key in call.extra.get("tables", {}).items():  # per-call constants (e.g. corrections)
                 feeds[name] = self.tables[key]
-            outs = self.executor.run(call.graph, feeds)
-            raw = outs[0]
-            for name, value in zip(self.executor.output_names(call.graph)[1:], outs[1:]):
+            outs = executor.run(call.graph, feeds)
+            raw = executor.to_numpy(outs[0])
+            for name, value in zip(executor.output_names(call.graph)[1:], outs[1:]):
                 buffers[name] = value
             out = guide(raw, n, self.recipe.guidance) if guided else raw
             x = sampler_update(call, x, out, history)
             if on_call is not None:
-                on_call(k, feeds, raw, x)
+                on_call(k, host_feeds(executor, feeds), raw, x)
             if bar is not None:
                 bar.update(n)
         return x
