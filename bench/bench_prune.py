@@ -1,0 +1,161 @@
+"""Unrolled-sampler memory and mask-learned pruning benchmarks.
+
+    python bench/bench_prune.py memory [--models demo mid] [--steps 10]
+    python bench/bench_prune.py quality [--ratios 0.1 0.2 0.3] [--n 256]
+
+memory: one gradient of an end-to-end loss on the final sample w.r.t. every parameter, naive
+(whole unrolled graph kept) vs per-step checkpointed, each in its own subprocess. Reported: peak
+bytes of tensors saved for backward (activations only; parameters excluded), peak RSS growth of
+the process over its state after loading and one no-grad sampling run, and wall time.
+
+quality: `dmc compress demo --prune R` (learned) and `--prune R --prune-method magnitude` at each
+ratio, then `dmc eval` of every artifact against the unpruned demo (paired PSNR, Frechet distance).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import weakref
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+WORK = Path(os.environ.get("DMC_BENCH_DIR", Path(tempfile.gettempdir()) / "dmc-bench-prune"))
+
+
+def _mid_unet():
+    """The mid-size UNet of bench_int8.py's latency runs (random weights, 64x64x3)."""
+    import torch
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(0)
+    return UNet2DModel(sample_size=64, in_channels=3, out_channels=3, block_out_channels=(128, 256, 256, 256),
+                       layers_per_block=2,
+                       down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"))
+
+
+class _Box:
+    __slots__ = ("tensor", "__weakref__")
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+
+
+class SavedBytes:
+    """Peak bytes of activations autograd keeps for backward (parameters are not counted)."""
+
+    def __init__(self, params):
+        self.skip = {p.data_ptr() for p in params}
+        self.live = self.peak = 0
+
+    def _release(self, n):
+        self.live -= n
+
+    def pack(self, t):
+        if t.data_ptr() in self.skip:
+            return t
+        n = t.numel() * t.element_size()
+        self.live += n
+        self.peak = max(self.peak, self.live)
+
+        box = _Box(t)
+        weakref.finalize(box, self._release, n)
+        return box
+
+    @staticmethod
+    def unpack(obj):
+        return obj.tensor if isinstance(obj, _Box) else obj
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def memory_child(model_name: str, steps: int, mode: str, batch: int) -> dict:
+    import torch
+
+    from dmc.learn.unrolled import UnrolledSampler
+    from dmc.models.builtin import SCHEDULER_CONFIG
+    from dmc.sampling import Recipe
+    from dmc.sampling.compile import compile_calls
+
+    torch.set_num_threads(1)
+    if model_name == "demo":
+        from dmc.models.loading import load_model
+
+        model = load_model("demo").model
+        labels = {"class_labels": torch.arange(batch) % 10}
+        uncond = {"class_labels": torch.full((batch,), 10)}
+        guidance = 2.0
+    else:
+        model, labels, uncond, guidance = _mid_unet().eval(), {}, {}, None
+    model.requires_grad_(True)
+    cfg = model.config
+    shape = (batch, cfg.in_channels, cfg.sample_size, cfg.sample_size)
+    calls = compile_calls(Recipe(steps=steps), SCHEDULER_CONFIG)
+    fn = lambda x, t, **c: model(x, t, **c, return_dict=False)[0]  # noqa: E731
+    sampler = UnrolledSampler(fn, calls, guidance)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        target = sampler.sample(x, labels, uncond)
+    loss_fn = lambda y: (y - target).square().mean()  # noqa: E731
+    base = _rss_mb()
+    counter = SavedBytes(list(model.parameters()))
+    start = time.perf_counter()
+    with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
+        if mode == "naive":
+            loss_fn(sampler.sample(x, labels, uncond)).backward()
+        else:
+            sampler.backward(x, loss_fn, labels, uncond)
+    seconds = time.perf_counter() - start
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"model": model_name, "params": sum(p.numel() for p in model.parameters()), "steps": steps,
+            "batch": batch, "guidance": guidance, "mode": mode, "saved_activations_mb": round(counter.peak / 2**20, 1),
+            "rss_growth_mb": round(peak_rss - base, 1), "seconds": round(seconds, 2)}
+
+
+def cmd_memory(args) -> None:
+    rows = []
+    for model_name in args.models:
+        for mode in ("naive", "checkpointed"):
+            out = subprocess.run([sys.executable, __file__, "_memory_child", model_name, str(args.steps), mode,
+                                  str(args.batch)], capture_output=True, text=True, check=True)
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(json.dumps(rows[-1]), flush=True)
+    print("\n| model | params | steps | batch | mode | saved activations (MB) | peak RSS growth (MB) | seconds |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['model']} | {r['params'] / 1e6:.2f} M | {r['steps']} | {r['batch']}"
+              f"{' (x2 guided)' if r['guidance'] else ''} | {r['mode']} | {r['saved_activations_mb']} | "
+              f"{r['rss_growth_mb']} | {r['seconds']} |")
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "_memory_child":
+        print(json.dumps(memory_child(argv[1], int(argv[2]), argv[3], int(argv[4]))))
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    mem = sub.add_parser("memory")
+    mem.add_argument("--models", nargs="+", default=["demo", "mid"])
+    mem.add_argument("--steps", type=int, default=10)
+    mem.add_argument("--batch", type=int, default=4)
+    args = ap.parse_args(argv)
+    {"memory": cmd_memory}[args.cmd](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
