@@ -79,11 +79,10 @@ def open_artifact(path: str | Path, threads: int | None = None) -> Target:
 
 
 def _model_sha256(source: str) -> str | None:
-    from dmc.artifact.manifest import sha256_path
-    from dmc.models.loading import _resolve
+    from dmc.models.loading import source_sha256
 
     try:
-        return sha256_path(_resolve(source)[0])
+        return source_sha256(source)
     except DmcError:
         return None
 

@@ -192,14 +192,22 @@ def load_model(source: str, config_path: str | None = None) -> LoadedModel:
     else:
         scheduler = _scheduler_config_near(weights)
     clean = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
-    digest = sha256_path(weights) if len(src.weights) == 1 else _sha256_of_shards(src.weights)
-    return LoadedModel(model, class_name, clean, scheduler, name, weights, digest, assumptions, src.family.name)
+    return LoadedModel(model, class_name, clean, scheduler, name, weights, _weights_sha256(src.weights),
+                       assumptions, src.family.name)
 
 
-def _sha256_of_shards(paths: list[Path]) -> str:
+def _weights_sha256(paths: list[Path]) -> str:
+    """One file's sha256, or a digest over the shards' digests."""
     import hashlib
 
+    if len(paths) == 1:
+        return sha256_path(paths[0])
     return hashlib.sha256("".join(sha256_path(p) for p in paths).encode()).hexdigest()
+
+
+def source_sha256(source: str) -> str:
+    """The digest ``load_model(source)`` records, without loading the model."""
+    return _weights_sha256(_resolve(source)[0])
 
 
 def _instantiate(class_name: str, config: dict, state: dict, name: str):
