@@ -32,6 +32,7 @@ class LoadedModel:
     weights_path: Path
     sha256: str
     assumptions: list[str] = field(default_factory=list)
+    scheduler_origin: str | None = None  # where scheduler_config was found (None: not found)
 
 
 def _read_json(path: Path) -> dict:
@@ -75,8 +76,12 @@ def _resolve(source: str) -> tuple[Path, Path | None, str]:
     return path, None, str(path)
 
 
+def _scheduler_config_path(weights: Path) -> Path:
+    return weights.parent.parent / "scheduler" / "scheduler_config.json"
+
+
 def _scheduler_config_near(weights: Path) -> dict | None:
-    candidate = weights.parent.parent / "scheduler" / "scheduler_config.json"
+    candidate = _scheduler_config_path(weights)
     return _read_json(candidate) if candidate.exists() else None
 
 
@@ -124,13 +129,14 @@ def load_model(source: str, config_path: str | None = None) -> LoadedModel:
             warnings.warn(f"{name}: config inferred from tensor shapes, assuming {a}", stacklevel=2)
     model = _instantiate(class_name, config, state, name)
     if source in DEMO_MODELS:  # the demo's schedule is defined in code, not in the file
-        scheduler = dict(SCHEDULER_CONFIG)
+        scheduler, origin = dict(SCHEDULER_CONFIG), f"built-in {source} schedule"
     elif META_SCHEDULER in metadata:
-        scheduler = json.loads(metadata[META_SCHEDULER])
+        scheduler, origin = json.loads(metadata[META_SCHEDULER]), f"{META_SCHEDULER} metadata of {weights.name}"
     else:
-        scheduler = _scheduler_config_near(weights)
+        scheduler, origin = _scheduler_config_near(weights), str(_scheduler_config_path(weights))
     clean = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
-    return LoadedModel(model, class_name, clean, scheduler, name, weights, sha256_path(weights), assumptions)
+    return LoadedModel(model, class_name, clean, scheduler, name, weights, sha256_path(weights), assumptions,
+                       origin if scheduler is not None else None)
 
 
 def _instantiate(class_name: str, config: dict, state: dict, name: str):
