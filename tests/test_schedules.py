@@ -87,3 +87,9 @@ def test_pipeline_folder_schedule_is_compiled_and_recorded(tiny_unet_folders, tm
     assert [c.timestep for c in got] == [c.timestep for c in want]
     assert [c.o for c in got] == pytest.approx([c.o for c in want])
     assert manifest["verification"]["psnr_db"] >= 60
+    from dmc.inspect import describe, format_text
+
+    text = format_text(describe(path))
+    table = text[text.index("sampler    call"):].splitlines()[1:1 + len(want)]
+    assert [float(line.split()[1]) for line in table] == pytest.approx([c.timestep for c in want], abs=0.01)
+    assert all(" o=" in line for line in table)  # UniPC rows: the output weight, traced from diffusers
