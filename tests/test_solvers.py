@@ -244,3 +244,12 @@ def test_demo_unet_through_the_runtime_loop_matches_diffusers(sampler):
             uncond, cond = net(torch.cat([inp, inp]), t.float().repeat(6), y).chunk(2)
         x = sched.step(uncond + 2.0 * (cond - uncond), t, x, return_dict=False)[0]
     assert np.abs(ours).max() > 0.1 and relative_rmse(ours, x.numpy()) <= FLOAT32_TOL
+
+
+def test_readme_lists_every_sampler_and_preset():
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Samplers and training schedules"):]
+    for name in list(SOLVERS) + list(PRESETS):
+        assert f"`{name}`" in section, name
