@@ -13,6 +13,8 @@ import click
 
 from dmc.errors import DmcError
 from dmc.runtimes.executor import BACKENDS as _BACKENDS
+from dmc.sampling.schedules import PRESETS
+from dmc.sampling.solvers import SOLVERS
 
 EPILOG_COMPRESS = """\b
 Examples:
@@ -21,6 +23,7 @@ Examples:
   dmc compress demo --out fast.dmc --int8 --cache    # INT8 + DeepCache, jointly calibrated
   dmc compress unet/ --out my.dmc --sampler dpm++2m --steps 25
   dmc compress model.safetensors --config config.json --out my.dmc
+  dmc compress unet/ --scheduler-preset sd15 --sampler unipc-bh2 --steps 10
 """
 
 
@@ -57,12 +60,18 @@ def _pass_configs(int8: bool, cache: bool, opts: dict) -> list:
 @cli.command(epilog=EPILOG_COMPRESS)
 @click.argument("model")
 @click.option("--out", "-o", type=click.Path(), help="Artifact folder to write (default: <model>.dmc).")
-@click.option("--sampler", type=click.Choice(["ddim", "dpm++2m"]), default="ddim", show_default=True)
-@click.option("--steps", type=int, default=20, show_default=True, help="Model calls per image.")
+@click.option("--sampler", type=click.Choice(list(SOLVERS)), default="ddim", show_default=True,
+              help="Compiled solver (README: samplers); flow-* for SD3/Flux-type models.")
+@click.option("--steps", type=int, default=20, show_default=True,
+              help="Scheduler steps N: N model calls (heun: 2N-1, plms: N+1, pndm: N+9).")
 @click.option("--guidance", type=float, default=None,
               help="Classifier-free guidance scale (default 2.0 for class-conditional models, else off).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for calibration and verification.")
 @click.option("--config", "config_path", type=click.Path(), help="config.json for a bare .safetensors.")
+@click.option("--scheduler-config", type=click.Path(),
+              help="The training schedule (a diffusers scheduler_config.json) for a bare model.")
+@click.option("--scheduler-preset", type=click.Choice(list(PRESETS)),
+              help="A named training schedule for a bare model, instead of --scheduler-config.")
 @click.option("--int8", is_flag=True, help="PTQ4DM timestep-aware W8A8 quantization.")
 @click.option("--calibration", type=click.Choice(["ndtc", "uniform", "noise", "single-step"]), default="ndtc",
               show_default=True, help="Calibration set for --int8.")
@@ -77,7 +86,8 @@ def _pass_configs(int8: bool, cache: bool, opts: dict) -> list:
 @click.option("--cache-interval", type=int, default=None, help="N: about one full call in N (default 3).")
 @click.option("--opset", type=int, default=18, show_default=True)
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
-def compress(model, out, sampler, steps, guidance, seed, config_path, int8, cache, opset, force, **opts):
+def compress(model, out, sampler, steps, guidance, seed, config_path, int8, cache, opset, force,
+             scheduler_config=None, scheduler_preset=None, **opts):
     """Compile MODEL into an artifact folder (graphs, sampler table, manifest)."""
     from dmc.compress.pipeline import CompileOptions, compile_model
     from dmc.sampling import Recipe
@@ -85,7 +95,8 @@ def compress(model, out, sampler, steps, guidance, seed, config_path, int8, cach
     out = out or f"{Path(model.rstrip('/')).stem}.dmc"
     recipe = Recipe(sampler=sampler, steps=steps, guidance=guidance, seed=seed)
     options = CompileOptions(recipe=recipe, passes=_pass_configs(int8, cache, opts), config_path=config_path,
-                             opset=opset, force=force, progress=True)
+                             opset=opset, force=force, progress=True, scheduler_config=scheduler_config,
+                             scheduler_preset=scheduler_preset)
     path = compile_model(model, out, options)
     manifest = json.loads((Path(path) / "manifest.json").read_text())
     for w in manifest.get("warnings", []):

@@ -6,6 +6,7 @@ import importlib
 from pathlib import Path
 
 from dmc.artifact import read_manifest
+from dmc.sampling.solvers import table_lines, table_rows
 
 # Each pass package may offer `describe(manifest) -> dict`; imported lazily so a runtime-only
 # install (no torch) can still inspect what it can.
@@ -30,6 +31,7 @@ def describe(artifact: str | Path, schedule_png: str | None = None) -> dict:
         "recipe": d["recipe"],
         "calls": len(manifest.calls),
         "timesteps": [c.timestep for c in manifest.calls],
+        "sampler_table": table_rows(manifest.calls),
         "graphs": graphs,
         "weights_bytes": (root / d["weights"]).stat().st_size,
         "total_bytes": sum(p.stat().st_size for p in root.rglob("*") if p.is_file()),
@@ -69,6 +71,7 @@ def format_text(info: dict) -> str:
         lines.append(f"  {name:<12} {g['precision']:<5} {g['bytes'] / 1e3:8.1f} kB  {g['calls']:3d} calls  "
                      f"{g['computes']}")
     lines.append(f"weights    {info['weights_bytes'] / 1e6:.2f} MB shared by all graphs")
+    lines += table_lines(info.get("sampler_table", []))
     v = info.get("verification")
     if v:
         lines.append(f"verified   {v['images']} images, PSNR {v['psnr_db']:.1f} dB vs torch (floor {v['floor_psnr_db']})")

@@ -225,7 +225,8 @@ def test_text_conditioned_unet_caches_and_matches_torch(tmp_path):
 
     model.save_pretrained(tmp_path / "unet")
     path = compile_model(str(tmp_path / "unet"), tmp_path / "cond.dmc", CompileOptions(
-        recipe=Recipe(steps=6), passes=[CacheConfig(schedule="uniform", interval=2, num_samples=2)]))
+        recipe=Recipe(steps=6), passes=[CacheConfig(schedule="uniform", interval=2, num_samples=2)],
+        scheduler_preset="sd15"))  # a bare unet/ folder: its training schedule must be named
     pipe = load(path)
     assert [c.graph for c in pipe.calls] == ["full", "shallow"] * 3
     assert pipe.manifest.data["verification"]["psnr_db"] >= 60

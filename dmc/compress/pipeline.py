@@ -20,6 +20,7 @@ from dmc.export.onnx_export import DEFAULT_OPSET, export_onnx
 from dmc.models.adapters import make_adapter
 from dmc.models.families import refuse_unsupported_passes
 from dmc.models.loading import inspect_source, load_model
+from dmc.sampling import schedules
 from dmc.sampling.compile import compile_calls
 from dmc.sampling.recipe import Recipe
 
@@ -35,6 +36,8 @@ class CompileOptions:
     verify_images: int = 4
     force: bool = False
     progress: bool = False
+    scheduler_config: str | None = None  # training schedule (scheduler_config.json) for a bare model
+    scheduler_preset: str | None = None  # or a named one (dmc.sampling.schedules.PRESETS)
 
 
 def _log(options: CompileOptions, msg: str) -> None:
@@ -47,14 +50,16 @@ def prepare(source: str, options: CompileOptions) -> CompileContext:
     import torch
 
     loaded = load_model(source, options.config_path)
+    loaded.scheduler_config, loaded.scheduler_origin = schedules.resolve(
+        source, loaded.scheduler_config, loaded.scheduler_origin, options.scheduler_config, options.scheduler_preset)
     adapter = make_adapter(loaded.model, loaded.class_name, options.recipe.resolution)
     if options.recipe.guidance is None:  # auto: guide class-conditional models
         guidance = 2.0 if adapter.conditioning().kind == "class" else 1.0
         options.recipe = dataclasses.replace(options.recipe, guidance=guidance)
     if options.recipe.guided and adapter.conditioning().kind == "none":
         raise DmcError("--guidance > 1 needs a conditional model (this one is unconditional)")
-    calls = compile_calls(options.recipe, loaded.scheduler_config)
-    ctx = CompileContext(loaded, adapter, options.recipe, calls)
+    ctx = CompileContext(loaded, adapter, options.recipe, [])
+    ctx.calls = compile_calls(options.recipe, loaded.scheduler_config, ctx.sample_shape)
     c, h, w = ctx.sample_shape
     example = adapter.example_inputs(2)
     example = (torch.randn(2, c, h, w),) + tuple(example[1:])
@@ -63,19 +68,22 @@ def prepare(source: str, options: CompileOptions) -> CompileContext:
     return ctx
 
 
-def reference_pipeline(source: str, recipe: Recipe, config_path: str | None = None):
+def reference_pipeline(source: str, recipe: Recipe, config_path: str | None = None,
+                       training_schedule: dict | None = None):
     """The uncompressed torch model driven by the runtime's sampler loop (no export): the
-    reference that ``dmc eval`` and calibration compare against."""
+    reference that ``dmc eval`` and calibration compare against. ``training_schedule`` (e.g. an
+    artifact's) stands in for a bare model's missing one."""
     from dmc.compress.torch_executor import TorchExecutor
     from dmc.runtimes.pipeline import Pipeline
 
     loaded = load_model(source, config_path)
+    schedule = training_schedule or schedules.resolve(source, loaded.scheduler_config, loaded.scheduler_origin)[0]
     adapter = make_adapter(loaded.model, loaded.class_name, recipe.resolution)
-    calls = compile_calls(recipe, loaded.scheduler_config)
+    shape = adapter.sample_shape if not recipe.resolution else (adapter.in_channels, *recipe.resolution)
+    calls = compile_calls(recipe, schedule, shape)
     for c in calls:
         c.graph = "full"
     executor = TorchExecutor({"full": adapter}, {"full": adapter.input_names}, {"full": [OUTPUT_NAME]})
-    shape = adapter.sample_shape if not recipe.resolution else (adapter.in_channels, *recipe.resolution)
     return Pipeline(recipe, calls, shape, adapter.conditioning().to_json(), executor)
 
 
@@ -125,6 +133,7 @@ def build_manifest(ctx: CompileContext, seconds: float) -> dict:
         },
         "recipe": ctx.recipe.to_json(),
         "training_schedule": ctx.loaded.scheduler_config,
+        "training_schedule_origin": ctx.loaded.scheduler_origin,
         "sampler": {"calls": [c.to_json() for c in ctx.calls]},
         "graphs": {
             name: {

@@ -64,7 +64,8 @@ def open_target(spec: str, recipe_from: str | None = None, threads: int | None =
                        "(it runs under that artifact's recipe), e.g. `dmc bench ARTIFACT --vs MODEL`")
     from dmc.artifact import read_manifest
 
-    return open_model(spec, read_manifest(recipe_from, verify=False).recipe, threads)
+    manifest = read_manifest(recipe_from, verify=False)
+    return open_model(spec, manifest.recipe, threads, training_schedule=manifest.data.get("training_schedule"))
 
 
 def _stats(values_s: list[float]) -> dict:

@@ -35,6 +35,7 @@ class LoadedModel:
     sha256: str
     assumptions: list[str] = field(default_factory=list)
     family: str = ""  # dmc.models.families name ("sd", "sdxl", "dit", "pixart", ...)
+    scheduler_origin: str | None = None  # where scheduler_config was found (None: not found)
 
 
 @dataclass
@@ -121,8 +122,12 @@ def _folder_weights(path: Path) -> list[Path]:
     raise DmcError(f"{path}: no {WEIGHTS_NAME}{hint}")
 
 
+def _scheduler_config_path(weights: Path) -> Path:
+    return weights.parent.parent / "scheduler" / "scheduler_config.json"
+
+
 def _scheduler_config_near(weights: Path) -> dict | None:
-    candidate = weights.parent.parent / "scheduler" / "scheduler_config.json"
+    candidate = _scheduler_config_path(weights)
     return _read_json(candidate) if candidate.exists() else None
 
 
@@ -186,14 +191,14 @@ def load_model(source: str, config_path: str | None = None) -> LoadedModel:
     model = _instantiate(class_name, config, state, name)
     weights = src.weights[0]
     if source in DEMO_MODELS:  # the demo's schedule is defined in code, not in the file
-        scheduler = dict(SCHEDULER_CONFIG)
+        scheduler, origin = dict(SCHEDULER_CONFIG), f"built-in {source} schedule"
     elif META_SCHEDULER in metadata:
-        scheduler = json.loads(metadata[META_SCHEDULER])
+        scheduler, origin = json.loads(metadata[META_SCHEDULER]), f"{META_SCHEDULER} metadata of {weights.name}"
     else:
-        scheduler = _scheduler_config_near(weights)
+        scheduler, origin = _scheduler_config_near(weights), str(_scheduler_config_path(weights))
     clean = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
     return LoadedModel(model, class_name, clean, scheduler, name, weights, _weights_sha256(src.weights),
-                       assumptions, src.family.name)
+                       assumptions, src.family.name, origin if scheduler is not None else None)
 
 
 def _weights_sha256(paths: list[Path]) -> str:

@@ -66,3 +66,34 @@ SOLVERS: dict[str, Solver] = {
 
 def names(family: str | None = None) -> list[str]:
     return [n for n, s in SOLVERS.items() if family is None or s.family == family]
+
+
+def table_rows(calls) -> list[dict]:
+    """The call table as compact rows (for ``dmc inspect``): only the terms a call uses."""
+    rows = []
+    for k, c in enumerate(calls):
+        row = {"call": k, "timestep": round(c.timestep, 3)}
+        for key in ("a", "b", "o", "scale_in"):
+            value = getattr(c, key)
+            if value != (1.0 if key == "scale_in" else 0.0):
+                row[key] = value
+        for key in ("c", "x_hist", "out_hist"):
+            if any(getattr(c, key)):
+                row[key] = list(getattr(c, key))
+        rows.append(row)
+    return rows
+
+
+def table_lines(rows: list[dict]) -> list[str]:
+    """x' = a x + b eps + o out + c.D + x_hist.x_{k-1..} + out_hist.out_{k-1..}, one line per call."""
+    lines = ["sampler    call  timestep  coefficients (x' = a x + b eps + o out + c.D_k.. + xh.x_k-1.. + oh.out_k-1..)"]
+    names = {"x_hist": "xh", "out_hist": "oh"}
+    for r in rows:
+        terms = []
+        for key, value in r.items():
+            if key in ("call", "timestep"):
+                continue
+            shown = "[" + ", ".join(f"{v:.4g}" for v in value) + "]" if isinstance(value, list) else f"{value:.6g}"
+            terms.append(f"{names.get(key, key)}={shown}")
+        lines.append(f"  {r['call']:>12}  {r['timestep']:8.2f}  {' '.join(terms)}")
+    return lines
