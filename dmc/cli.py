@@ -48,7 +48,8 @@ def _pass_configs(int8: bool, cache: bool, opts: dict) -> list:
         from dmc.quantize import QuantizeConfig
 
         kw = {"calibration": opts["calibration"], "num_samples": opts["calib_samples"],
-              "scale_groups": opts["scale_groups"], "profile": opts["profile"]}
+              "scale_groups": opts["scale_groups"], "profile": opts["profile"],
+              "calibration_budget_s": opts["calib_budget"] or None}
         passes.append(QuantizeConfig(**kw))
     if cache and int8:  # CacheQuant's quantization correction, fitted after both passes
         from dmc.cache.correction import CorrectConfig
@@ -75,7 +76,10 @@ def _pass_configs(int8: bool, cache: bool, opts: dict) -> list:
 @click.option("--int8", is_flag=True, help="PTQ4DM timestep-aware W8A8 quantization.")
 @click.option("--calibration", type=click.Choice(["ndtc", "uniform", "noise", "single-step"]), default="ndtc",
               show_default=True, help="Calibration set for --int8.")
-@click.option("--calib-samples", type=int, default=256, show_default=True)
+@click.option("--calib-samples", type=int, default=256, show_default=True,
+              help="Most calibration chains (--calib-budget may keep fewer).")
+@click.option("--calib-budget", type=float, default=45.0, show_default=True,
+              help="Seconds trajectory recording may take (at least 8 chains are kept; 0 = no bound).")
 @click.option("--scale-groups", type=int, default=1, show_default=True,
               help="Activation-scale groups over the steps (one graph variant each).")
 @click.option("--profile", type=click.Choice(["ort-cpu", "trt"]), default="ort-cpu", show_default=True,
@@ -86,6 +90,10 @@ def _pass_configs(int8: bool, cache: bool, opts: dict) -> list:
 @click.option("--cache-interval", type=int, default=None, help="N: about one full call in N (default 3).")
 @click.option("--opset", type=int, default=18, show_default=True)
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Where torch runs calibration and verification references (cuda needs a GPU torch sees).")
+@click.option("--verify-images", type=int, default=4, show_default=True,
+              help="Images sampled to verify the artifact against torch (after a 1-image check of the first calls).")
 def compress(model, out, sampler, steps, guidance, seed, config_path, int8, cache, opset, force,
              scheduler_config=None, scheduler_preset=None, **opts):
     """Compile MODEL into an artifact folder (graphs, sampler table, manifest)."""
@@ -96,7 +104,8 @@ def compress(model, out, sampler, steps, guidance, seed, config_path, int8, cach
     recipe = Recipe(sampler=sampler, steps=steps, guidance=guidance, seed=seed)
     options = CompileOptions(recipe=recipe, passes=_pass_configs(int8, cache, opts), config_path=config_path,
                              opset=opset, force=force, progress=True, scheduler_config=scheduler_config,
-                             scheduler_preset=scheduler_preset)
+                             scheduler_preset=scheduler_preset, device=opts["device"],
+                             verify_images=opts["verify_images"])
     path = compile_model(model, out, options)
     manifest = json.loads((Path(path) / "manifest.json").read_text())
     for w in manifest.get("warnings", []):

@@ -114,7 +114,9 @@ def insert_channel_fma(model, tensor: str, scale_input: str, shift_input: str, c
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    out = onnx.ModelProto.FromString(model.SerializeToString())
+    from dmc.export.external import copy_model
+
+    out = copy_model(model)  # no serialization: any size
     g = out.graph
     producers = [i for i, n in enumerate(g.node) if tensor in n.output]
     if not producers and tensor not in {i.name for i in g.input}:

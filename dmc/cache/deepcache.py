@@ -289,7 +289,9 @@ def separate_output(model, name: str = CACHE):
     import onnx
     from onnx import helper
 
-    out = onnx.ModelProto.FromString(model.SerializeToString())
+    from dmc.export.external import copy_model
+
+    out = copy_model(model)  # no serialization: any size
     inner = f"{name}.value"
     for node in out.graph.node:
         for i, x in enumerate(node.output):

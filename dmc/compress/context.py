@@ -41,6 +41,8 @@ class CompileContext:
     extra_files: dict[str, bytes] = field(default_factory=dict)  # path in artifact -> bytes
     tables: dict[str, np.ndarray] = field(default_factory=dict)  # per-call constants, written to tables.npz
     warnings: list[str] = field(default_factory=list)
+    progress: bool = False  # tqdm bars on stderr for long stages
+    device: str = "cpu"  # where torch runs calibration and references ("cuda" where torch sees a GPU)
 
     def torch_pipeline(self, reference: bool = False):
         """The runtime's sampler loop around torch modules (FP32, or each graph's reference)."""

@@ -38,6 +38,7 @@ class CompileOptions:
     progress: bool = False
     scheduler_config: str | None = None  # training schedule (scheduler_config.json) for a bare model
     scheduler_preset: str | None = None  # or a named one (dmc.sampling.schedules.PRESETS)
+    device: str = "cpu"  # torch side (calibration, references): "cpu" or "cuda"
 
 
 def _log(options: CompileOptions, msg: str) -> None:
@@ -49,6 +50,11 @@ def prepare(source: str, options: CompileOptions) -> CompileContext:
     """Load the model and build the FP32 context (full graph exported) before any pass."""
     import torch
 
+    from dmc.compress.device import check_device, to_device
+
+    check_device(options.device)  # before any work
+    if options.verify_images < 1:
+        raise DmcError(f"verify_images must be at least 1, got {options.verify_images}")
     loaded = load_model(source, options.config_path)
     loaded.scheduler_config, loaded.scheduler_origin = schedules.resolve(
         source, loaded.scheduler_config, loaded.scheduler_origin, options.scheduler_config, options.scheduler_preset)
@@ -58,13 +64,14 @@ def prepare(source: str, options: CompileOptions) -> CompileContext:
         options.recipe = dataclasses.replace(options.recipe, guidance=guidance)
     if options.recipe.guided and adapter.conditioning().kind == "none":
         raise DmcError("--guidance > 1 needs a conditional model (this one is unconditional)")
-    ctx = CompileContext(loaded, adapter, options.recipe, [])
+    ctx = CompileContext(loaded, adapter, options.recipe, [], progress=options.progress, device=options.device)
     ctx.calls = compile_calls(options.recipe, loaded.scheduler_config, ctx.sample_shape)
     c, h, w = ctx.sample_shape
     example = adapter.example_inputs(2)
     example = (torch.randn(2, c, h, w),) + tuple(example[1:])
     graph = export_onnx(adapter, example, adapter.input_names, [OUTPUT_NAME], options.opset)
     ctx.graphs["full"] = GraphVariant(graph, adapter, adapter.input_names, [OUTPUT_NAME], "the whole network")
+    to_device(ctx)  # exported on the CPU; torch work after export runs on options.device
     return ctx
 
 
@@ -98,7 +105,8 @@ def compile_model(source: str, out: str | Path, options: CompileOptions | None =
         run_passes(ctx, options.passes)
     with writer:
         _log(options, "writing graphs")
-        write_graphs({n: g.onnx for n, g in ctx.graphs.items()}, writer.root / "graphs")
+        # release: the in-memory graphs drop their weight bytes once written (verify reads the files)
+        write_graphs({n: g.onnx for n, g in ctx.graphs.items()}, writer.root / "graphs", release=True)
         if ctx.tables:
             np.savez(writer.root / "tables.npz", **ctx.tables)
         for rel, data in ctx.extra_files.items():
@@ -106,7 +114,7 @@ def compile_model(source: str, out: str | Path, options: CompileOptions | None =
             (writer.root / rel).write_bytes(data)
         manifest = build_manifest(ctx, time.time() - started)
         _log(options, "verifying the artifact against torch")
-        manifest["verification"] = verify(ctx, writer.root, manifest, options.verify_images)
+        manifest["verification"] = verify(ctx, writer.root, manifest, options.verify_images, options.progress)
         return writer.finish(manifest)
 
 
@@ -167,7 +175,7 @@ def _io(value) -> dict:
     return {"name": value.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name, "shape": dims}
 
 
-def verify(ctx: CompileContext, root: Path, manifest: dict, n: int) -> dict:
+def verify(ctx: CompileContext, root: Path, manifest: dict, n: int, progress: bool = False) -> dict:
     """Sample ``n`` images with the written graphs and with torch; refuse the artifact below the floor.
 
     The torch side computes the same thing the graphs should (each graph's reference module), so this
@@ -184,12 +192,16 @@ def verify(ctx: CompileContext, root: Path, manifest: dict, n: int) -> dict:
     from dmc.runtimes.onnxruntime_executor import OnnxRuntimeExecutor
     from dmc.runtimes.pipeline import Pipeline
 
+    from dmc.compress.verify_early import first_group_check, paired_psnr
+
     runtime = Pipeline.from_manifest(manifest_obj, OnnxRuntimeExecutor(manifest_obj, providers=["CPUExecutionProvider"]))
-    got = runtime.sample(n, seed=ctx.recipe.seed)
-    want = ctx.torch_pipeline(reference=True).sample(n, seed=ctx.recipe.seed)
-    rmse = float(np.sqrt(np.mean((np.clip(got, -1, 1) - np.clip(want, -1, 1)) ** 2)) / 2)  # on the [0, 1] scale
-    psnr = float("inf") if rmse == 0 else float(-20 * np.log10(rmse))
-    result = {"images": n, "rmse": rmse, "psnr_db": min(psnr, 100.0), "floor_psnr_db": ctx.fidelity_floor_psnr}
+    reference = ctx.torch_pipeline(reference=True)
+    early = first_group_check(ctx, runtime, reference, progress)  # raises, with the figure, when far off
+    got = runtime.sample(n, seed=ctx.recipe.seed, progress=progress)
+    want = reference.sample(n, seed=ctx.recipe.seed, progress=progress)
+    rmse, psnr = paired_psnr(got, want)
+    result = {"images": n, "rmse": rmse, "psnr_db": min(psnr, 100.0), "floor_psnr_db": ctx.fidelity_floor_psnr,
+              "first_calls": early}
     (root / MANIFEST).unlink()
     if psnr < ctx.fidelity_floor_psnr:
         raise DmcError(f"verification failed: artifact samples differ from the torch reference "

@@ -31,7 +31,9 @@ class TorchExecutor:
 
     @torch.inference_mode()
     def run(self, graph: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        args = [torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self._input_names[graph]]
-        out = self.modules[graph](*args)
+        module = self.modules[graph]
+        device = next(module.parameters(), torch.empty(0)).device  # --device cuda moves the modules
+        args = [torch.from_numpy(np.ascontiguousarray(feeds[n])).to(device) for n in self._input_names[graph]]
+        out = module(*args)
         outs = out if isinstance(out, (tuple, list)) else (out,)
-        return [o.detach().float().numpy() for o in outs]
+        return [o.detach().float().cpu().numpy() for o in outs]

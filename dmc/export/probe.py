@@ -6,17 +6,27 @@ import onnx
 
 
 def session_with_outputs(model: onnx.ModelProto, tensors: list[str], optimization_level=None):
-    """CPU session of a copy of ``model`` whose graph outputs include every name in ``tensors``."""
+    """CPU session of ``model`` whose graph outputs include every name in ``tensors``.
+
+    The outputs are added to ``model`` only while the session is built, then removed again: no
+    copy of the graph (which for a full-size UNet would be gigabytes of weights)."""
     import onnxruntime as ort
 
-    aug = onnx.ModelProto()
-    aug.CopyFrom(model)
-    existing = {o.name for o in aug.graph.output}
+    from dmc.export.external import inference_session
+
+    existing = {o.name for o in model.graph.output}
+    added = 0
     for t in tensors:
         if t not in existing:
-            aug.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
+            model.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
+            existing.add(t)
+            added += 1
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if optimization_level is not None:
         options.graph_optimization_level = optimization_level
-    return ort.InferenceSession(aug.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    try:
+        return inference_session(model, options)
+    finally:
+        for _ in range(added):
+            model.graph.output.pop()

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dmc.errors import DmcError
+from dmc.progress import bar
 
 CHAIN_OFFSET = 1_000_000  # image index of the first calibration chain (disjoint from eval images)
 
@@ -88,6 +89,41 @@ def _merge(parts: list[dict], constants: set) -> dict:
             for name in parts[0]}
 
 
+# Torch working memory per calibration row, taken as the model's FP32 weight bytes (a rough bound:
+# measured peaks per row are below it for SD 1.5 at 64x64 latents and for the 35.7 M UNet at 64x64),
+# and what the rows of one calibration batch may use together.
+TORCH_BATCH_BYTES = 4 << 30
+
+
+def chains_per_batch(ctx, cfg) -> int:
+    """Chains run together: ``cfg.batch_size``, fewer where the model is big (memory)."""
+    weight_bytes = sum(p.numel() * p.element_size() for p in ctx.adapter.parameters())
+    rows_per_chain = 2 if ctx.recipe.guided else 1
+    return int(max(1, min(cfg.batch_size, TORCH_BATCH_BYTES // max(1, weight_bytes * rows_per_chain))))
+
+
+def _within_budget(pipe, wanted: list[list[int]], cfg) -> tuple[list[list[int]], dict]:
+    """The first chains (iid draws, so any prefix is an unbiased subset) whose estimated cost fits
+    ``cfg.calibration_budget_s``: one timed call of one chain prices a call."""
+    import time
+
+    full = pipe.calls
+    pipe.calls = full[:1]
+    pipe.sample(1, seed=cfg.seed, batch_size=1, first=CHAIN_OFFSET)  # warm-up (allocations, kernels)
+    t = time.perf_counter()
+    pipe.sample(1, seed=cfg.seed, batch_size=1, first=CHAIN_OFFSET)
+    per_call = time.perf_counter() - t
+    pipe.calls = full
+    spent, keep = 0.0, 0
+    for w in wanted:
+        cost = per_call * (max(w) + 1)
+        if keep >= cfg.min_samples and spent + cost > cfg.calibration_budget_s:
+            break
+        spent, keep = spent + cost, keep + 1
+    return wanted[:keep], {"seconds": cfg.calibration_budget_s, "seconds_per_call": round(per_call, 4),
+                           "chains_drawn": len(wanted), "chains_kept": keep, "estimated_seconds": round(spent, 1)}
+
+
 def trajectory_set(ctx, cfg, under_schedule: bool = True) -> CalibrationSet:
     """Run the FP sampler and keep the feeds the calibration method asks for."""
     calls = ctx.calls
@@ -113,11 +149,13 @@ def trajectory_set(ctx, cfg, under_schedule: bool = True) -> CalibrationSet:
     else:
         raise ValueError(cfg.calibration)
 
+    pipe = ctx.torch_pipeline()
+    if cfg.calibration_budget_s is not None:
+        wanted, info["budget"] = _within_budget(pipe, wanted, cfg)
     # Chains are independent draws, so give the chains with the earliest calls the lowest indices;
     # each batch then stops at the last call any of its chains needs (NDTC saves about a third).
     wanted = sorted(wanted, key=max)
     n_chains = len(wanted)
-    pipe = ctx.torch_pipeline()
     base_calls = list(pipe.calls)
     if not under_schedule:  # the uncached trajectory: every call runs the full graph
         base_calls = [copy.copy(c) for c in base_calls]
@@ -128,12 +166,16 @@ def trajectory_set(ctx, cfg, under_schedule: bool = True) -> CalibrationSet:
     parts: dict[int, list[dict]] = {}
     states: dict[int, int] = {}
     constants = {k: set(c.extra.get("tables", {})) for k, c in enumerate(base_calls)}
-    step = max(1, cfg.batch_size)
+    step = chains_per_batch(ctx, cfg)
+    work = sum(len(wanted[i:i + step]) * (max(max(w) for w in wanted[i:i + step]) + 1)
+               for i in range(0, n_chains, step))
+    pbar = bar(getattr(ctx, "progress", False), work, "calibration trajectories", "chain-call")
     for start in range(0, n_chains, step):
         chunk = wanted[start:start + step]
 
         def on_call(k, feeds, raw, x_next, chunk=chunk):
             b = len(chunk)
+            pbar.update(b)
             local = [j for j in range(b) if k in chunk[j]]
             if not local:
                 return
@@ -143,6 +185,7 @@ def trajectory_set(ctx, cfg, under_schedule: bool = True) -> CalibrationSet:
 
         pipe.calls = base_calls[: max(max(w) for w in chunk) + 1]
         pipe.sample(len(chunk), seed=cfg.seed, batch_size=len(chunk), first=CHAIN_OFFSET + start, on_call=on_call)
+    pbar.close()
     batches = {k: _merge(p, constants[k]) for k, p in sorted(parts.items())}
     return CalibrationSet(cfg.calibration, batches, states, graph_of,
                           {k: constants[k] for k in batches}, info)

@@ -44,6 +44,9 @@ class QuantizeConfig:
         Gemm/MatMul only (TensorRT has no weight-only conv).
     split_concat: Q-Diffusion shortcut splitting, Conv(concat(a, b)) -> Conv(a) + Conv(b), so each
         input group gets its own activation scale.
+    calibration_budget_s: bound on the seconds trajectory recording may take: one timed model call
+        sets how many of the ``num_samples`` chains fit (never fewer than ``min_samples``); None = all.
+    batch_size: calibration chains run together in torch (lowered for big models to bound memory).
     calibrate_under_schedule: calibrate each graph variant on the feeds it receives under the cache
         schedule (CacheQuant); False calibrates on the uncached full-graph trajectory and maps ranges to
         partial graphs by layer identity.
@@ -67,6 +70,8 @@ class QuantizeConfig:
     calibrate_under_schedule: bool = True
     seed: int = 0
     batch_size: int = 64
+    calibration_budget_s: float | None = None
+    min_samples: int = 8
 
     def __post_init__(self):
         self.op_types = tuple(self.op_types)
@@ -95,6 +100,10 @@ class QuantizeConfig:
             raise DmcError(f"ndtc_std must be positive, got {self.ndtc_std}")
         if self.search_candidates < 1 or self.lp_norm <= 0:
             raise DmcError("search_candidates must be >= 1 and lp_norm > 0")
+        if self.calibration_budget_s is not None and self.calibration_budget_s <= 0:
+            raise DmcError(f"calibration_budget_s must be positive, got {self.calibration_budget_s}")
+        if self.min_samples < 1:
+            raise DmcError(f"min_samples must be at least 1, got {self.min_samples}")
         if self.uniform_calls < 1 or self.batch_size < 1:
             raise DmcError("uniform_calls and batch_size must be at least 1")
 

@@ -49,8 +49,9 @@ def optimized_graph(model: onnx.ModelProto | str | Path, level: str = "extended"
               "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
     with tempfile.TemporaryDirectory(prefix="dmc-cov-") as tmp:
         if isinstance(model, onnx.ModelProto):
-            src = os.path.join(tmp, "in.onnx")
-            onnx.save(model, src)
+            from dmc.export.external import save_for_tool
+
+            src = str(save_for_tool(model, tmp, "in"))  # weights as external data: any size
         else:
             src = str(model)
         options = ort.SessionOptions()
@@ -58,11 +59,21 @@ def optimized_graph(model: onnx.ModelProto | str | Path, level: str = "extended"
         options.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
         options.log_severity_level = 3
         options.intra_op_num_threads = 1
-        # Keep optimised initializers inline: the saved model must not point into a temp folder.
+        # Keep optimised initializers of small in-memory graphs inline (the returned model must not
+        # point into a temp folder); files and >2 GB graphs put them in a side file (only nodes are read).
+        options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                         "optimized.onnx.data")
         options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
-                                         str(1 << 40))
+                                         str(1 << 40 if isinstance(model, onnx.ModelProto) and not _big(model)
+                                             else 1 << 10))
         ort.InferenceSession(src, options, providers=["CPUExecutionProvider"])
         return onnx.load(options.optimized_model_filepath, load_external_data=False)
+
+
+def _big(model: onnx.ModelProto) -> bool:
+    from dmc.export.external import needs_external
+
+    return needs_external(model)
 
 
 def coverage(model: onnx.ModelProto | str | Path, level: str = "extended") -> dict[str, dict[str, int]]:

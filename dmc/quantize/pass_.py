@@ -88,8 +88,11 @@ def quantize(ctx, cfg: QuantizeConfig) -> None:
             if not rows:
                 raise DmcError(f"quantize: the calibration set never reached graph {name!r}")
             src_prep = prep if rec_graph == name else prepared_full
-            stats = qdq.record_stats(src_prep.model, src_prep.tensors, [cset.batches[k] for k in rows], cfg.seed)
-            params = qdq.activation_params(stats, cfg, profile)
+            progress = getattr(ctx, "progress", False)
+            stats = qdq.record_stats(src_prep.model, src_prep.tensors, [cset.batches[k] for k in rows], cfg.seed,
+                                     progress=progress)
+            params = qdq.activation_params(stats, cfg, profile, progress=progress)
+            del stats
             if src_prep is not prep:
                 params = _map_by_layer(prep, src_prep, params)
             qmodel = qdq.build_qdq(prep, params, profile, cfg.op_types)

@@ -27,6 +27,7 @@ import onnx
 from onnx import numpy_helper
 
 from dmc.errors import DmcError
+from dmc.export.external import needs_external, save_for_tool
 from dmc.quantize.profiles import Profile, weight_axis
 from dmc.quantize.ranges import ActivationStats, QParams, quantize_weights, weight_scales
 from dmc.quantize.split import SPLIT_TAG, split_concat_convs
@@ -105,10 +106,11 @@ def _topo_first_last(model: onnx.ModelProto, candidates: dict[str, onnx.NodeProt
 def _pre_process(model: onnx.ModelProto) -> onnx.ModelProto:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    big = needs_external(model)  # > 2 GB: every file on the way carries external data
     with tempfile.TemporaryDirectory(prefix="dmc-q-") as tmp:
-        src, dst = os.path.join(tmp, "in.onnx"), os.path.join(tmp, "pre.onnx")
-        onnx.save(model, src)
-        quant_pre_process(src, dst, skip_symbolic_shape=True)
+        src, dst = str(save_for_tool(model, tmp, "in")), os.path.join(tmp, "pre.onnx")
+        quant_pre_process(src, dst, skip_symbolic_shape=True, save_as_external_data=big,
+                          all_tensors_to_one_file=True, external_data_location="pre.onnx.data")
         return onnx.load(dst)
 
 
@@ -181,36 +183,61 @@ def prepare_graph(model: onnx.ModelProto, cfg, profile: Profile) -> PreparedGrap
     return PreparedGraph(pre, layers, islands, splits, tensors, {nm: la for nm, la in island_nodes.items() if nm in present})
 
 
+STATS_BYTES_PER_RUN = 1 << 30  # activation bytes one stats run may return (bounds memory on big UNets)
+
+
 def record_stats(model: onnx.ModelProto, tensors: list[str], batches: list[dict], seed: int,
-                 rows_per_run: int = 128) -> dict[str, ActivationStats]:
-    """Run the FP graph over ``batches`` (feed dicts) and collect statistics of ``tensors``."""
+                 rows_per_run: int = 128, progress: bool = False) -> dict[str, ActivationStats]:
+    """Run the FP graph over ``batches`` (feed dicts) and collect statistics of ``tensors``.
+
+    Statistics stream: each run's activations update running extremes and a bounded reservoir
+    (``ActivationStats``) and are then dropped. The first run takes one row to measure the bytes a
+    row returns; later runs take as many rows as fit in ``STATS_BYTES_PER_RUN`` (at most ``rows_per_run``).
+    """
     import onnxruntime as ort
 
     from dmc.export.probe import session_with_outputs
+    from dmc.progress import bar
 
     session = session_with_outputs(model, tensors, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
     inputs = {i.name for i in session.get_inputs()}
     rng = np.random.default_rng([seed, 0x57A7])
     stats = {t: ActivationStats(rng) for t in tensors}
     total = sum(len(b["sample"]) for b in batches)
-    for feeds in batches:
-        n = len(feeds["sample"])
-        for s in range(0, n, rows_per_run):
-            sub = {}
-            for k, v in feeds.items():
-                if k not in inputs:
-                    continue
-                sub[k] = v[s:s + rows_per_run] if v.ndim and v.shape[0] == n else v
-            outs = session.run(tensors, sub)
-            share = min(rows_per_run, n - s) / total
-            for t, v in zip(tensors, outs):
-                stats[t].update(v, share)
+    step = 1
+    with bar(progress, total, "activation statistics", "row") as pbar:
+        for feeds in batches:
+            n = len(feeds["sample"])
+            s = 0
+            while s < n:
+                sub = {}
+                for k, v in feeds.items():
+                    if k not in inputs:
+                        continue
+                    sub[k] = v[s:s + step] if v.ndim and v.shape[0] == n else v
+                rows = min(step, n - s)
+                outs = session.run(tensors, sub)
+                for t, v in zip(tensors, outs):
+                    stats[t].update(v, rows / total)
+                row_bytes = sum(v.nbytes for v in outs) / rows
+                del outs
+                s += rows
+                pbar.update(rows)
+                step = int(max(1, min(rows_per_run, STATS_BYTES_PER_RUN // max(row_bytes, 1))))
     return stats
 
 
-def activation_params(stats: dict[str, ActivationStats], cfg, profile: Profile) -> dict[str, QParams]:
-    return {t: s.params(profile.activation_dtype, profile.symmetric_activations, cfg.range_method,
-                        cfg.lp_norm, cfg.search_candidates) for t, s in stats.items()}
+def activation_params(stats: dict[str, ActivationStats], cfg, profile: Profile,
+                      progress: bool = False) -> dict[str, QParams]:
+    from dmc.progress import bar
+
+    out = {}
+    with bar(progress, len(stats), "range search", "tensor") as pbar:
+        for t, s in stats.items():
+            out[t] = s.params(profile.activation_dtype, profile.symmetric_activations, cfg.range_method,
+                              cfg.lp_norm, cfg.search_candidates)
+            pbar.update()
+    return out
 
 
 def build_qdq(prepared: PreparedGraph, params: dict[str, QParams], profile: Profile,
@@ -243,8 +270,8 @@ def build_qdq(prepared: PreparedGraph, params: dict[str, QParams], profile: Prof
     if not profile.quantize_outputs:
         extra["OpTypesToExcludeOutputQuantization"] = list(op_types)
     with tempfile.TemporaryDirectory(prefix="dmc-qdq-") as tmp:
-        src, dst, cache = (os.path.join(tmp, f) for f in ("fp.onnx", "int8.onnx", "ranges.json"))
-        onnx.save(prepared.model, src)
+        dst, cache = (os.path.join(tmp, f) for f in ("int8.onnx", "ranges.json"))
+        src = str(save_for_tool(prepared.model, tmp, "fp"))
         save_tensors_data(ranges, cache)
         import logging
 
@@ -258,6 +285,7 @@ def build_qdq(prepared: PreparedGraph, params: dict[str, QParams], profile: Prof
                 activation_type=QuantType.QUInt8 if profile.activation_dtype == "uint8" else QuantType.QInt8,
                 weight_type=QuantType.QInt8, nodes_to_quantize=list(prepared.layers),
                 calibrate_method=CalibrationMethod.MinMax, extra_options=extra,
+                use_external_data_format=needs_external(prepared.model),
             )
         finally:
             root.setLevel(level)

@@ -13,12 +13,14 @@ from __future__ import annotations
 import onnx
 from onnx import helper, numpy_helper
 
+from dmc.export.external import copy_model, skeleton
+
 SPLIT_TAG = ".split"
 
 
 def _channels(model: onnx.ModelProto) -> dict[str, int]:
     """Dim 1 of every tensor whose shape is known (after ONNX shape inference)."""
-    inferred = onnx.shape_inference.infer_shapes(model)
+    inferred = onnx.shape_inference.infer_shapes(skeleton(model))  # structure only: any size
     out = {}
     for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
         dims = vi.type.tensor_type.shape.dim
@@ -36,7 +38,7 @@ def split_concat_convs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[di
     Returns the new model (the input is not modified) and one record per split conv:
     ``{"node": conv name, "weight": weight name, "inputs": [...], "channels": [c_1, ...]}``.
     """
-    model = onnx.ModelProto.FromString(model.SerializeToString())
+    model = copy_model(model)  # no serialization: any size
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     producers = {o: n for n in graph.node for o in n.output}
