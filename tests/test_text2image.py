@@ -185,3 +185,39 @@ def test_sdxl_matches_diffusers_pipeline(tmp_path_factory):
         want = diffusers_images(StableDiffusionXLPipeline, folder, pipe, prompts, 1, negative, guidance=5.0)
         assert got.shape == want.shape == (2, 24, 24, 3) and want.std() > 10
         assert psnr(got, want) >= 40
+
+
+def test_int8_calibrates_under_prompt_embeddings(sd_folder, tmp_path, run_cli, monkeypatch):
+    """INT8 calibration trajectories run under the --calib-prompts embeddings, with the empty prompt's
+    encoding in the unconditional half of the guided batch (not zero embeddings)."""
+    from dmc.quantize import calibration
+    from dmc.runtimes import load
+
+    seen = []
+    original = calibration.build
+
+    def spy(ctx, cfg, under_schedule=True):
+        seen.append(original(ctx, cfg, under_schedule))
+        return seen[-1]
+
+    monkeypatch.setattr(calibration, "build", spy)
+    prompts = ["a red fox in the snow", "a lighthouse on a cliff", "a bowl of lemons"]
+    (tmp_path / "prompts.txt").write_text("# my prompts\n" + "\n".join(prompts) + "\n\n")
+    art = tmp_path / "sd-int8.dmc"
+    code, _, err = run_cli("compress", sd_folder, "--out", art, "--int8", "--calib-samples", "4", "--steps", "3",
+                           "--calib-prompts", tmp_path / "prompts.txt")
+    assert code == 0, err
+    manifest = json.loads((art / "manifest.json").read_text())
+    assert manifest["precision"] == "int8"
+    assert manifest["parts"]["calibration_prompts"] == {"prompts": 3, "source": "file"}
+    pipe = load(art)
+    want = pipe.encode(prompts)["encoder_hidden_states"].reshape(3, -1)
+    empty = pipe.encode([""])["encoder_hidden_states"].reshape(1, -1)
+    assert seen and seen[0].batches
+    for batch in seen[0].batches.values():
+        states = batch["encoder_hidden_states"]
+        half = len(states) // 2
+        uncond, cond = states[:half].reshape(half, -1), states[half:].reshape(half, -1)
+        assert np.abs(uncond - empty).max() < 1e-4
+        assert all(np.abs(want - row).max(axis=1).min() < 1e-4 for row in cond)
+    assert pipe(prompt=prompts[0], n=2, seed=0).shape == (2, 16, 16, 3)

@@ -41,6 +41,7 @@ class CompileContext:
     extra_files: dict[str, bytes] = field(default_factory=dict)  # path in artifact -> bytes
     tables: dict[str, np.ndarray] = field(default_factory=dict)  # per-call constants, written to tables.npz
     warnings: list[str] = field(default_factory=list)
+    prompt_conditions: object | None = None  # text-to-image: calibration trajectories run under these prompts
 
     def torch_pipeline(self, reference: bool = False):
         """The runtime's sampler loop around torch modules (FP32, or each graph's reference)."""
@@ -52,7 +53,10 @@ class CompileContext:
         executor = TorchExecutor(modules, {n: g.input_names for n, g in self.graphs.items()},
                                  {n: g.output_names for n, g in self.graphs.items()})
         cond = self.adapter.conditioning().to_json()
-        return Pipeline(self.recipe, self.calls, self.sample_shape, cond, executor, tables=self.tables)
+        pipe = Pipeline(self.recipe, self.calls, self.sample_shape, cond, executor, tables=self.tables)
+        if self.prompt_conditions is not None and not reference:  # verify compares like with like (zeros)
+            pipe = self.prompt_conditions.wrap(pipe)
+        return pipe
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:

@@ -99,6 +99,7 @@ def compile_model(source: str, out: str | Path, options: CompileOptions | None =
         parts = pipeline_parts.build_parts(folder, pipeline_parts.image_size_of(folder, ctx.sample_shape),
                                            options.opset)
         ctx.extra_files.update(parts.files)
+        ctx.prompt_conditions = pipeline_parts.calibration_conditions(parts, options.calib_prompts)
     if options.passes:
         run_passes(ctx, options.passes)
     with writer:
@@ -115,6 +116,7 @@ def compile_model(source: str, out: str | Path, options: CompileOptions | None =
         manifest["verification"] = verify(ctx, writer.root, manifest, options.verify_images)
         if parts is not None:
             manifest["parts"] = parts.section
+            manifest["parts"]["calibration_prompts"] = ctx.prompt_conditions.to_json()
             manifest["parts"]["verification"] = pipeline_parts.verify_parts(parts, writer.root, manifest)
         if ctx.warnings:
             manifest.setdefault("warnings", list(ctx.warnings))

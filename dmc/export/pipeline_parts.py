@@ -356,3 +356,78 @@ def plan(source: str, recipe, image_size: tuple[int, int] | None, config_path: s
 def image_size_of(folder: PipelineFolder, sample_shape) -> tuple[int, int]:
     factor = folder.vae_factor()
     return (sample_shape[1] * factor, sample_shape[2] * factor)
+
+
+class PromptConditions:
+    """Backbone conditions of a prompt set (torch text encoders, at compile time): what calibration and cache
+    schedules see, so INT8 ranges and refresh schedules are fitted under real prompts with guidance.
+
+    Trajectory ``first + i`` uses prompt ``(first + i) mod P``; the negative half gets the empty prompt's
+    encoding, or zeros where the pipeline zeroes a missing negative prompt (SDXL).
+    """
+
+    def __init__(self, parts: Parts, prompts: list[str], source: str):
+        self.prompts, self.source = list(prompts), source
+        section = parts.section
+        self.cond = self._encode(parts, self.prompts)
+        self.cond.update({k: np.broadcast_to(np.asarray(v, np.float32), (len(self.prompts), len(v)))
+                          for k, v in section.get("size_conditions", {}).items()})
+        self.uncond = None
+        if section["negative"] == "encode":
+            empty = self._encode(parts, [""])
+            self.uncond = {k: np.repeat(v, len(self.prompts), axis=0) for k, v in empty.items()}
+
+    @staticmethod
+    def _encode(parts: Parts, prompts: list[str]) -> dict[str, np.ndarray]:
+        section = parts.section
+        outs = {}
+        for enc in section["text_encoders"]:
+            ids = parts.tokenizers[enc["graph"]](prompts, padding="max_length", max_length=enc["max_length"],
+                                                 truncation=True).input_ids
+            with torch.no_grad():
+                values = parts.modules[enc["graph"]](torch.tensor(ids, dtype=torch.int64))
+            outs.update({(enc["graph"], name): v.numpy() for name, v in zip(enc["outputs"], values)})
+        return {cond: np.concatenate([outs[(g, o)] for g, o in sources], axis=-1).astype(np.float32)
+                for cond, sources in section["conditions"].items()}
+
+    def for_images(self, first: int, n: int) -> tuple[dict, dict | None]:
+        idx = (first + np.arange(n)) % len(self.prompts)
+        cond = {k: np.ascontiguousarray(v[idx]) for k, v in self.cond.items()}
+        uncond = None if self.uncond is None else {k: np.ascontiguousarray(v[idx]) for k, v in self.uncond.items()}
+        return cond, uncond
+
+    def wrap(self, pipe):
+        """``pipe`` (a sampler ``Pipeline``) whose ``sample`` uses this prompt set when given no conditions."""
+        wrapped = PromptPipeline.__new__(PromptPipeline)
+        wrapped.__dict__.update(pipe.__dict__)
+        wrapped.prompt_conditions = self
+        return wrapped
+
+    def to_json(self) -> dict:
+        return {"prompts": len(self.prompts), "source": self.source}
+
+
+def _prompt_pipeline_class():
+    from dmc.runtimes.pipeline import Pipeline
+
+    class _PromptPipeline(Pipeline):
+        def sample(self, n=1, seed=None, *args, first=0, conditions=None, uncond_conditions=None,
+                   embeddings=None, **kwargs):
+            if conditions is None and embeddings is None:
+                conditions, given_uncond = self.prompt_conditions.for_images(first, n)
+                uncond_conditions = uncond_conditions if uncond_conditions is not None else given_uncond
+            return super().sample(n, seed, *args, first=first, conditions=conditions,
+                                  uncond_conditions=uncond_conditions, embeddings=embeddings, **kwargs)
+
+    return _PromptPipeline
+
+
+PromptPipeline = _prompt_pipeline_class()
+
+
+def calibration_conditions(parts: Parts, prompts: list[str] | None) -> PromptConditions:
+    from dmc.data.prompts import CALIBRATION_PROMPTS
+
+    if prompts:
+        return PromptConditions(parts, prompts, "file")
+    return PromptConditions(parts, list(CALIBRATION_PROMPTS), "built-in")
