@@ -88,6 +88,10 @@ def _pass_configs(int8: bool, cache: bool, opts: dict) -> list:
 @click.option("--cache-schedule", type=click.Choice(["uniform", "dp", "bac"]), default=None,
               help="Refresh schedule: uniform, CacheQuant's dp, or BAC (DiT blocks). Default: the pass's own.")
 @click.option("--cache-interval", type=int, default=None, help="N: about one full call in N (default 3).")
+@click.option("--size", type=int, nargs=2, default=None, metavar="H W",
+              help="Image size in pixels (static shapes; default: the model's own).")
+@click.option("--calib-prompts", type=click.Path(), default=None,
+              help="Text-to-image: calibration prompts, one per line (default: dmc's built-in set).")
 @click.option("--opset", type=int, default=18, show_default=True)
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
@@ -106,6 +110,12 @@ def compress(model, out, sampler, steps, guidance, seed, config_path, int8, cach
                              opset=opset, force=force, progress=True, scheduler_config=scheduler_config,
                              scheduler_preset=scheduler_preset, device=opts["device"],
                              verify_images=opts["verify_images"])
+    if opts.get("size"):
+        options.image_size = tuple(opts["size"])
+    if opts.get("calib_prompts"):
+        from dmc.runtimes.text2image import read_prompts
+
+        options.calib_prompts = read_prompts(opts["calib_prompts"])
     path = compile_model(model, out, options)
     manifest = json.loads((Path(path) / "manifest.json").read_text())
     for w in manifest.get("warnings", []):
@@ -117,26 +127,40 @@ def compress(model, out, sampler, steps, guidance, seed, config_path, int8, cach
 
 @cli.command()
 @click.argument("artifact", type=click.Path())
-@click.option("--n", "n", type=int, default=20, show_default=True, help="Number of images.")
+@click.option("--n", "n", type=int, default=None, help="Number of images (default 20; one per --prompt).")
 @click.option("--seed", type=int, default=None, help="Seed (default: the artifact's recipe seed).")
 @click.option("--class-label", type=int, default=None, help="One class for all images (default: cycle classes).")
+@click.option("--prompt", "prompts", multiple=True, help="Text-to-image: a prompt (repeat for several).")
+@click.option("--negative-prompt", default=None, help="Text-to-image: the negative prompt.")
+@click.option("--guidance", type=float, default=None, help="Text-to-image: guidance scale (default: the recipe's).")
+@click.option("--latents", "latents_path", type=click.Path(), default=None,
+              help="Also write the final latents to this .npy (the only output of a backbone-only latent model).")
 @click.option("--out", "-o", type=click.Path(), default="samples.png", show_default=True)
 @click.option("--provider", multiple=True, help="ONNX Runtime provider(s), e.g. CUDAExecutionProvider.")
 @click.option("--threads", type=int, default=None, help="Intra-op threads (default: all cores).")
 @click.option("--backend", type=click.Choice(list(_BACKENDS)), default="onnxruntime", show_default=True,
               help="Runtime that executes the graphs (see dmc.runtimes.executor.BACKENDS).")
-def run(artifact, n, seed, class_label, out, provider, threads, backend):
+def run(artifact, n, seed, class_label, out, provider, threads, backend, prompts=(), negative_prompt=None,
+        guidance=None, latents_path=None):
     """Sample N images from ARTIFACT (no torch) and write them as a PNG grid.
 
     \b
     Example:
       dmc run demo.dmc --n 20 --out digits.png
+      dmc run sd.dmc --prompt "a red fox in the snow" --negative-prompt blurry --n 4 --out fox.png
+      dmc run unet.dmc --latents latents.npy   # backbone-only latent model: latents, no image
     """
     from dmc.runtimes import load
     from dmc.runtimes.images import save_grid
 
+    from dmc.runtimes.text2image import sample_for_cli
+
     pipe = load(artifact, backend=backend, providers=list(provider) or None, threads=threads)
-    images = pipe(n=n, seed=seed, class_labels=class_label, progress=True)
+    images = sample_for_cli(pipe, n, seed, class_label, prompts, negative_prompt, guidance, latents_path)
+    if images is None:
+        click.echo(f"wrote {latents_path} (latents; this artifact has no VAE decoder)")
+        return
+    n = len(images)
     cols = 10 if pipe.cond["kind"] == "class" and n >= 10 else math.ceil(math.sqrt(n))
     save_grid(images, out, cols=cols)
     click.echo(f"wrote {out} ({n} images, {images.shape[1]}x{images.shape[2]})")

@@ -41,6 +41,9 @@ def describe(artifact: str | Path, schedule_png: str | None = None) -> dict:
         "verification": d.get("verification"),
         "provenance": d["provenance"],
     }
+    from dmc.runtimes.text2image import describe_parts
+
+    info["pipeline"] = describe_parts(manifest)
     for module in DESCRIBERS:
         if module == "dmc.quantize" and d["precision"] == "fp32":
             continue
@@ -72,6 +75,8 @@ def format_text(info: dict) -> str:
                      f"{g['computes']}")
     lines.append(f"weights    {info['weights_bytes'] / 1e6:.2f} MB shared by all graphs")
     lines += table_lines(info.get("sampler_table", []))
+    if info.get("pipeline"):
+        lines.append(f"pipeline   {info['pipeline']['text']}")
     v = info.get("verification")
     if v:
         lines.append(f"verified   {v['images']} images, PSNR {v['psnr_db']:.1f} dB vs torch (floor {v['floor_psnr_db']})")

@@ -43,6 +43,7 @@ class CompileContext:
     warnings: list[str] = field(default_factory=list)
     progress: bool = False  # tqdm bars on stderr for long stages
     device: str = "cpu"  # where torch runs calibration and references ("cuda" where torch sees a GPU)
+    prompt_conditions: object | None = None  # text-to-image: calibration trajectories run under these prompts
 
     def torch_pipeline(self, reference: bool = False):
         """The runtime's sampler loop around torch modules (FP32, or each graph's reference)."""
@@ -54,7 +55,10 @@ class CompileContext:
         executor = TorchExecutor(modules, {n: g.input_names for n, g in self.graphs.items()},
                                  {n: g.output_names for n, g in self.graphs.items()})
         cond = self.adapter.conditioning().to_json()
-        return Pipeline(self.recipe, self.calls, self.sample_shape, cond, executor, tables=self.tables)
+        pipe = Pipeline(self.recipe, self.calls, self.sample_shape, cond, executor, tables=self.tables)
+        if self.prompt_conditions is not None and not reference:  # verify compares like with like (zeros)
+            pipe = self.prompt_conditions.wrap(pipe)
+        return pipe
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:

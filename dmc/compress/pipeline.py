@@ -39,6 +39,8 @@ class CompileOptions:
     scheduler_config: str | None = None  # training schedule (scheduler_config.json) for a bare model
     scheduler_preset: str | None = None  # or a named one (dmc.sampling.schedules.PRESETS)
     device: str = "cpu"  # torch side (calibration, references): "cpu" or "cuda"
+    image_size: tuple[int, int] | None = None  # --size H W in pixels (shapes are static at that size)
+    calib_prompts: list[str] | None = None  # text-to-image calibration prompts (default: dmc.data.prompts)
 
 
 def _log(options: CompileOptions, msg: str) -> None:
@@ -99,14 +101,27 @@ def compile_model(source: str, out: str | Path, options: CompileOptions | None =
     started = time.time()
     writer = ArtifactWriter(out, overwrite=options.force)  # fail on an existing output before any work
     refuse_unsupported_passes(inspect_source(source, options.config_path).family, options.passes)
+    from dmc.export import pipeline_parts
+
+    folder, options.recipe, notes = pipeline_parts.plan(source, options.recipe, options.image_size,
+                                                        options.config_path)
     _log(options, f"loading {source} and exporting ONNX")
     ctx = prepare(source, options)
+    ctx.warnings.extend(notes)
+    parts = None
+    if folder is not None:  # a whole pipeline folder: text encoder(s), tokenizer(s), VAE decoder too
+        _log(options, "exporting the text encoder(s) and the VAE decoder")
+        parts = pipeline_parts.build_parts(folder, pipeline_parts.image_size_of(folder, ctx.sample_shape),
+                                           options.opset)
+        ctx.extra_files.update(parts.files)
+        ctx.prompt_conditions = pipeline_parts.calibration_conditions(parts, options.calib_prompts)
     if options.passes:
         run_passes(ctx, options.passes)
     with writer:
         _log(options, "writing graphs")
         # release: the in-memory graphs drop their weight bytes once written (verify reads the files)
-        write_graphs({n: g.onnx for n, g in ctx.graphs.items()}, writer.root / "graphs", release=True)
+        write_graphs({**{n: g.onnx for n, g in ctx.graphs.items()}, **(parts.graphs if parts else {})},
+                     writer.root / "graphs", release=True)
         if ctx.tables:
             np.savez(writer.root / "tables.npz", **ctx.tables)
         for rel, data in ctx.extra_files.items():
@@ -115,6 +130,12 @@ def compile_model(source: str, out: str | Path, options: CompileOptions | None =
         manifest = build_manifest(ctx, time.time() - started)
         _log(options, "verifying the artifact against torch")
         manifest["verification"] = verify(ctx, writer.root, manifest, options.verify_images, options.progress)
+        if parts is not None:
+            manifest["parts"] = parts.section
+            manifest["parts"]["calibration_prompts"] = ctx.prompt_conditions.to_json()
+            manifest["parts"]["verification"] = pipeline_parts.verify_parts(parts, writer.root, manifest)
+        if ctx.warnings:
+            manifest.setdefault("warnings", list(ctx.warnings))
         return writer.finish(manifest)
 
 

@@ -17,12 +17,18 @@ from dmc.runtimes.pipeline import Pipeline
 def load(path: str | Path, backend: str = "onnxruntime", providers: list[str] | None = None,
          threads: int | None = None) -> Pipeline:
     """Verify the artifact at ``path`` (format version and every checksum) and open its graphs
-    with ``backend`` (a name in ``BACKENDS``)."""
+    with ``backend`` (a name in ``BACKENDS``). An artifact compiled from a text-to-image pipeline
+    folder gives a ``TextToImage`` (``pipe(prompt=..., n=, seed=, guidance=)``)."""
     from dmc.runtimes.executor import backend_class
 
     cls = backend_class(backend)  # an unknown name fails before the checksums are read
     manifest = read_manifest(path, verify=True)
-    return Pipeline.from_manifest(manifest, cls(manifest, providers=providers, threads=threads))
+    pipe = Pipeline.from_manifest(manifest, cls(manifest, providers=providers, threads=threads))
+    from dmc.runtimes.text2image import has_prompt_pipeline, open_text_to_image
+
+    if has_prompt_pipeline(manifest):  # a whole pipeline: prompt in, image out
+        return open_text_to_image(manifest, pipe, backend, providers, threads)
+    return pipe
 
 
 __all__ = ["load", "Pipeline", "Executor", "BACKENDS", "open_executor"]

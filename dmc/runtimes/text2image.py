@@ -1,0 +1,234 @@
+"""Prompt in, image out, torch-free: tokenize, encode, sample with guidance, decode.
+
+    from dmc.runtimes import load
+    pipe = load("sd.dmc")                     # an artifact compiled from a pipeline folder
+    images = pipe(prompt="a red fox in the snow", negative_prompt="blurry", n=4, seed=0, guidance=7.5)
+
+Everything follows the manifest's ``parts`` section (``dmc.export.pipeline_parts`` writes it):
+which tokenizer and text-encoder graph make which backbone input, what the negative half of a
+guided batch gets, the VAE's scaling. The backbone runs through the ordinary sampler loop
+(``Pipeline``), which doubles the batch as ``[negative; positive]`` itself.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+
+from dmc.artifact import Manifest
+from dmc.errors import DmcError
+from dmc.runtimes.pipeline import Pipeline
+from dmc.runtimes.tokenize import Tokenizer
+
+PIXEL_CHANNELS = (1, 3)  # a backbone with these sample channels draws pixels; anything else draws latents
+
+
+def has_prompt_pipeline(manifest: Manifest) -> bool:
+    return bool((manifest.data.get("parts") or {}).get("text_encoders"))
+
+
+def latent_without_decoder(manifest: Manifest) -> bool:
+    """True when the samples are latents that this artifact cannot turn into an image."""
+    parts = manifest.data.get("parts") or {}
+    return manifest.sample_shape[0] not in PIXEL_CHANNELS and not parts.get("vae")
+
+
+LATENT_REFUSAL = ("this artifact holds only the backbone of a latent model (no VAE decoder), so its samples are "
+                  "latents, not images; compile the whole diffusers pipeline folder (model_index.json with "
+                  "text_encoder/, tokenizer/, vae/) to get images, or pass --latents OUT.npy to save the latents")
+
+
+def open_parts(manifest: Manifest, backend: str, providers, threads):
+    """An executor over the part graphs (text encoders, VAE decoder) on the same backend as the backbone."""
+    from dmc.runtimes.executor import backend_class
+
+    view = Manifest(manifest.root, {**manifest.data, "graphs": manifest.data["parts"]["graphs"]})
+    return backend_class(backend)(view, providers=providers, threads=threads)
+
+
+def _prompts(prompt, n: int | None, what: str) -> list[str]:
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise DmcError(f"{what} must be a string or a list of strings")
+    n = len(prompts) if n is None else n
+    if n < 1:
+        raise DmcError("n must be at least 1")
+    return [prompts[i % len(prompts)] for i in range(n)]  # image i gets prompt i mod len
+
+
+class TextToImage:
+    """The prompt pipeline of one artifact. ``backbone`` is the ordinary sampler ``Pipeline``."""
+
+    def __init__(self, manifest: Manifest, backbone: Pipeline, parts_executor):
+        self.manifest = manifest
+        self.backbone = backbone
+        self.parts = manifest.data["parts"]
+        self.executor = parts_executor
+        self.tokenizers = {e["graph"]: Tokenizer(manifest.root / e["tokenizer"], e["max_length"], e["pad_id"])
+                           for e in self.parts["text_encoders"]}
+        self.last_timings: dict[str, float] = {}
+
+    # The backbone's attributes (recipe, cond, calls, ...) stay reachable for tools that expect a Pipeline.
+    def __getattr__(self, name):
+        if name == "backbone":
+            raise AttributeError(name)
+        return getattr(self.backbone, name)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self.parts["image_size"])
+
+    def encode(self, prompts: list[str], batch_size: int = 16) -> dict[str, np.ndarray]:
+        """Backbone conditioning inputs for ``prompts``: ``{input name: [n, ...] float32}``."""
+        outputs: dict[tuple[str, str], list[np.ndarray]] = {}
+        for enc in self.parts["text_encoders"]:
+            for start in range(0, len(prompts), batch_size):
+                ids = self.tokenizers[enc["graph"]].encode(prompts[start:start + batch_size])
+                values = self.executor.run(enc["graph"], {"input_ids": ids})
+                for name, value in zip(enc["outputs"], values):
+                    outputs.setdefault((enc["graph"], name), []).append(self.executor.to_numpy(value))
+        return {cond: np.concatenate([np.concatenate(outputs[(g, o)]) for g, o in sources], axis=-1)
+                .astype(np.float32, copy=False) for cond, sources in self.parts["conditions"].items()}
+
+    def conditions(self, prompts: list[str], negative: list[str] | None) -> tuple[dict, dict | None]:
+        """``(conditions, uncond_conditions)`` for the sampler loop; None leaves the negative half at zeros."""
+        cond = self.encode(prompts)
+        cond.update({name: np.asarray(v, np.float32) for name, v in self.parts.get("size_conditions", {}).items()})
+        if negative is None and self.parts["negative"] == "zeros_if_none":
+            return cond, None
+        uncond = self.encode(negative if negative is not None else [""] * len(prompts))
+        return cond, uncond
+
+    def decode(self, latents: np.ndarray, batch_size: int = 8) -> np.ndarray:
+        """Latents in model space -> images ``[n, 3, H, W]`` in [-1, 1] (diffusers' scaling rules)."""
+        vae = self.parts["vae"]
+        z = latents.astype(np.float32)
+        if vae.get("latents_mean") is not None and vae.get("latents_std") is not None:
+            shape = (1, -1, 1, 1)
+            mean = np.asarray(vae["latents_mean"], np.float32).reshape(shape)
+            std = np.asarray(vae["latents_std"], np.float32).reshape(shape)
+            z = z * std / vae["scaling_factor"] + mean
+        else:
+            z = z / vae["scaling_factor"] + (vae.get("shift_factor") or 0.0)
+        chunks = [self.executor.to_numpy(self.executor.run(vae["graph"], {"latent": z[s:s + batch_size]})[0])
+                  for s in range(0, len(z), batch_size)]
+        return np.concatenate(chunks)
+
+    def _sampler(self, guidance: float | None) -> Pipeline:
+        if guidance is None or guidance == self.backbone.recipe.guidance:
+            return self.backbone
+        if guidance < 0:
+            raise DmcError(f"guidance must be >= 0, got {guidance}")
+        pipe = copy.copy(self.backbone)  # same graphs and tables, another guidance scale
+        pipe.recipe = dataclasses.replace(self.backbone.recipe, guidance=float(guidance))
+        return pipe
+
+    def latents(self, prompt, negative_prompt=None, n: int | None = None, seed: int | None = None,
+                guidance: float | None = None, batch_size: int = 16, progress: bool = False) -> np.ndarray:
+        """Final latents ``[n, C, h, w]`` for the prompt(s)."""
+        prompts = _prompts(prompt, n, "prompt")
+        negative = None if negative_prompt is None else _prompts(negative_prompt, len(prompts), "negative_prompt")
+        t0 = time.perf_counter()
+        cond, uncond = self.conditions(prompts, negative)
+        t1 = time.perf_counter()
+        latents = self._sampler(guidance).sample(len(prompts), seed, batch_size=batch_size, progress=progress,
+                                                 conditions=cond, uncond_conditions=uncond)
+        self.last_timings = {"text_encoding_s": t1 - t0, "denoising_s": time.perf_counter() - t1}
+        return latents
+
+    def __call__(self, prompt=None, negative_prompt=None, n: int | None = None, seed: int | None = None,
+                 guidance: float | None = None, batch_size: int = 16, progress: bool = False,
+                 class_labels=None) -> np.ndarray:
+        """Images ``[n, H, W, 3]`` uint8 for ``prompt`` (a string, or one per image, cycled)."""
+        if prompt is None:
+            raise DmcError("this artifact is a text-to-image pipeline: give a prompt")
+        if class_labels is not None:
+            raise DmcError("this model is not class-conditional; drop class_labels")
+        latents = self.latents(prompt, negative_prompt, n, seed, guidance, batch_size, progress)
+        t0 = time.perf_counter()
+        images = self.decode(latents)
+        self.last_timings["decoding_s"] = time.perf_counter() - t0
+        return to_uint8_images(images)
+
+
+def to_uint8_images(images: np.ndarray) -> np.ndarray:
+    """``[n, C, H, W]`` in [-1, 1] -> ``[n, H, W, C]`` uint8, rounded as diffusers' image processor does."""
+    scaled = np.clip(images.astype(np.float32) / 2 + 0.5, 0.0, 1.0) * 255
+    return np.round(scaled).astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+def open_text_to_image(manifest: Manifest, backbone: Pipeline, backend: str, providers, threads) -> TextToImage:
+    return TextToImage(manifest, backbone, open_parts(manifest, backend, providers, threads))
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """One prompt per line; blank lines and lines starting with # are skipped."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DmcError(f"{path}: cannot read prompts ({e})") from None
+    prompts = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    if not prompts:
+        raise DmcError(f"{path}: no prompts (one per line)")
+    return prompts
+
+
+def save_latents(latents: np.ndarray, path: str | Path) -> None:
+    import os
+
+    path = Path(path)
+    if path.suffix != ".npy":
+        raise DmcError(f"--latents {path}: give a .npy path")
+    tmp = path.with_name(f".{path.name}.tmp.npy")
+    np.save(tmp, latents.astype(np.float32), allow_pickle=False)
+    os.replace(tmp, path)
+
+
+def sample_for_cli(pipe, n: int | None, seed, class_label, prompts: tuple, negative, guidance,
+                   latents_path, progress: bool = True) -> np.ndarray | None:
+    """What ``dmc run`` does: uint8 images to write (or None when only latents were asked for a
+    backbone-only latent artifact). Refuses, with one line, to draw latents as if they were pixels."""
+    from dmc.runtimes.pipeline import to_uint8
+
+    if isinstance(pipe, TextToImage):
+        if not prompts:
+            raise DmcError("this artifact is a text-to-image pipeline: give --prompt \"...\"")
+        chosen = list(prompts)
+        latents = pipe.latents(chosen, negative, n or len(chosen), seed, guidance, progress=progress)
+        if latents_path:
+            save_latents(latents, latents_path)
+        return to_uint8_images(pipe.decode(latents))
+    if prompts or negative is not None:
+        raise DmcError("this artifact has no text encoder, so it takes no prompt; compile the whole diffusers "
+                       "pipeline folder (model_index.json with text_encoder/, tokenizer/, vae/) for prompts")
+    if guidance is not None:
+        raise DmcError("--guidance applies to text-to-image artifacts; this one was compiled with guidance "
+                       f"{pipe.recipe.guidance}")
+    if latent_without_decoder(pipe.manifest) and not latents_path:
+        raise DmcError(LATENT_REFUSAL)
+    samples = pipe.sample(n or 20, seed, class_labels=class_label, progress=progress)
+    if latents_path:
+        save_latents(samples, latents_path)
+        if latent_without_decoder(pipe.manifest):
+            return None
+    return to_uint8(samples)
+
+
+def describe_parts(manifest: Manifest) -> dict:
+    """For ``dmc inspect``: which pipeline parts the artifact holds, and the fixed image size."""
+    parts = manifest.data.get("parts") or {}
+    if not parts:
+        latent = latent_without_decoder(manifest)
+        text = ("backbone only; latent model without a VAE decoder: `dmc run` writes --latents only"
+                if latent else "backbone only (pixel model)")
+        return {"holds": ["backbone"], "text": text}
+    h, w = parts["image_size"]
+    graphs = ", ".join(parts["graphs"])
+    text = (f"{parts['pipeline']}: prompt -> image, {h}x{w} px (static shapes, fixed at compile time); "
+            f"parts {graphs}; guidance {manifest.recipe.guidance}")
+    return {"pipeline": parts["pipeline"], "holds": parts["holds"], "image_size": [h, w],
+            "graphs": list(parts["graphs"]), "text": text}

@@ -1,0 +1,223 @@
+"""Whole text-to-image pipelines: compiled from diffusers pipeline folders, run torch-free, checked
+against diffusers' own pipelines for the same prompt, seed and initial noise."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from text2image_models import save_sd_pipeline, save_sdxl_pipeline
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 3
+
+
+def _compile(source, out, **options):
+    from dmc.compress.pipeline import CompileOptions, compile_model
+    from dmc.sampling import Recipe
+
+    recipe = Recipe(steps=STEPS, guidance=options.pop("guidance", None))
+    return compile_model(str(source), out, CompileOptions(recipe=recipe, verify_images=2, **options))
+
+
+@pytest.fixture(scope="session")
+def sd_folder(tmp_path_factory):
+    return save_sd_pipeline(tmp_path_factory.mktemp("t2i") / "sd")
+
+
+@pytest.fixture(scope="session")
+def sd_artifact(sd_folder):
+    return _compile(sd_folder, sd_folder.parent / "sd.dmc")
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
+
+
+def diffusers_images(pipe_cls, folder, artifact_pipe, prompts, seed, negative=None, guidance=7.5, **kw):
+    """diffusers' own pipeline from the same folder, started from the noise dmc uses for ``seed``."""
+    import torch
+
+    from dmc.sampling.calls import initial_noise
+
+    ref = pipe_cls.from_pretrained(folder, **kw)
+    ref.set_progress_bar_config(disable=True)
+    latents = torch.from_numpy(initial_noise(seed, len(prompts), artifact_pipe.sample_shape))
+    h, w = artifact_pipe.image_size
+    out = ref(prompts, negative_prompt=negative, num_inference_steps=STEPS, guidance_scale=guidance,
+              latents=latents, height=h, width=w, output_type="np").images
+    return np.round(out * 255).astype(np.uint8)
+
+
+def test_sd_matches_diffusers_pipeline(sd_folder, sd_artifact):
+    from diffusers import StableDiffusionPipeline
+
+    from dmc.runtimes import load
+    from dmc.runtimes.text2image import TextToImage
+
+    pipe = load(sd_artifact)
+    assert isinstance(pipe, TextToImage)
+    prompts = ["a red fox in the snow", "A Photo of THE Cat, 4k!!"]
+    for negative in (None, ["blurry, low quality"] * 2):
+        got = pipe(prompt=prompts, negative_prompt=negative, seed=3)
+        want = diffusers_images(StableDiffusionPipeline, sd_folder, pipe, prompts, 3, negative,
+                                safety_checker=None)
+        assert got.shape == want.shape == (2, 16, 16, 3) and got.dtype == np.uint8
+        assert want.std() > 10  # a real picture, not a flat one
+        assert psnr(got, want) >= 40
+    # the prompt matters, and the guidance scale given at run time is the one used
+    other = pipe(prompt=["mountains", "a dog"], seed=3)
+    assert psnr(other, got) < 30
+    weak = pipe(prompt=prompts, seed=3, guidance=1.5)
+    want_weak = diffusers_images(StableDiffusionPipeline, sd_folder, pipe, prompts, 3, guidance=1.5,
+                                 safety_checker=None)
+    assert psnr(weak, want_weak) >= 40
+
+
+def test_manifest_parts_and_inspect(sd_artifact, sd_folder, run_cli):
+    from transformers import CLIPTokenizer
+
+    from dmc.data.prompts import CALIBRATION_PROMPTS
+    from dmc.runtimes.tokenize import Tokenizer
+
+    manifest = json.loads((sd_artifact / "manifest.json").read_text())
+    parts = manifest["parts"]
+    assert parts["pipeline"] == "StableDiffusionPipeline" and parts["image_size"] == [16, 16]
+    assert set(parts["holds"]) == {"tokenizer", "text_encoder", "backbone", "vae_decoder"}
+    assert set(parts["graphs"]) == {"text_encoder", "vae_decoder"} and set(manifest["graphs"]) == {"full"}
+    assert parts["graphs"]["text_encoder"]["outputs"][0]["name"] == "last_hidden_state"
+    assert parts["vae"]["scaling_factor"] == 0.5 and parts["verification"]["max_abs"]["vae_decoder"] < 1e-4
+    enc = parts["text_encoders"][0]
+    assert enc["tokenizer"] in manifest["files"]  # checksummed like every other file
+    shipped = Tokenizer(sd_artifact / enc["tokenizer"], enc["max_length"], enc["pad_id"])
+    original = CLIPTokenizer.from_pretrained(sd_folder / "tokenizer")
+    prompts = list(CALIBRATION_PROMPTS)
+    want = original(prompts, padding="max_length", max_length=77, truncation=True).input_ids
+    np.testing.assert_array_equal(shipped.encode(prompts), np.array(want))
+    code, out, _ = run_cli("inspect", sd_artifact)
+    assert code == 0 and "prompt -> image, 16x16 px (static shapes" in out
+
+
+RUNTIME_SCRIPT = """
+import sys
+import numpy as np
+from dmc.runtimes import load
+pipe = load(sys.argv[1])
+images = pipe(prompt="a red fox in the snow", negative_prompt="blurry", n=2, seed=5, guidance=6.0)
+assert images.dtype == np.uint8 and images.shape == (2, 16, 16, 3), images.shape
+for name in ('torch', 'transformers', 'diffusers'):
+    assert name not in sys.modules, f'the runtime imported {name}'
+np.save(sys.argv[2], images)
+"""
+
+
+def test_runtime_is_torch_free(sd_artifact, tmp_path):
+    from dmc.runtimes import load
+
+    out = tmp_path / "images.npy"
+    subprocess.run([sys.executable, "-c", RUNTIME_SCRIPT, str(sd_artifact), str(out)], check=True,
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+    in_process = load(sd_artifact)(prompt="a red fox in the snow", negative_prompt="blurry", n=2, seed=5,
+                                   guidance=6.0)
+    np.testing.assert_array_equal(np.load(out), in_process)
+
+
+def test_cli_prompt_to_png(sd_artifact, tmp_path, run_cli):
+    from PIL import Image
+
+    png, lat = tmp_path / "fox.png", tmp_path / "fox.npy"
+    code, out, err = run_cli("run", sd_artifact, "--prompt", "a red fox", "--prompt", "a cat", "--n", "4",
+                             "--negative-prompt", "blurry", "--guidance", "5", "--seed", "2", "--out", png,
+                             "--latents", lat)
+    assert code == 0, err
+    assert Image.open(png).mode == "RGB" and np.load(lat).shape == (4, 4, 8, 8)
+    code, _, err = run_cli("run", sd_artifact, "--out", tmp_path / "none.png")
+    assert code == 2 and "give --prompt" in err and not (tmp_path / "none.png").exists()
+
+
+def test_backbone_only_latent_artifact_refuses_images(tmp_path_factory, run_cli):
+    """A pipeline folder without VAE weights compiles the backbone with a recorded warning; `dmc run`
+    then refuses to pass latents off as a picture, and still writes them with --latents."""
+    root = tmp_path_factory.mktemp("t2i-novae")
+    folder = save_sd_pipeline(root / "sd", with_vae=False)
+    with pytest.warns(UserWarning, match="lacks vae"):
+        art = _compile(folder, root / "unet.dmc")
+    manifest = json.loads((art / "manifest.json").read_text())
+    assert "parts" not in manifest and any("lacks vae" in w for w in manifest["warnings"])
+    png = root / "x.png"
+    code, out, err = run_cli("run", art, "--out", png)
+    assert code != 0 and not png.exists()
+    line = err.strip().splitlines()[-1]
+    assert "latents, not images" in line and "compile the whole diffusers pipeline folder" in line
+    assert "Traceback" not in err
+    code, _, err = run_cli("run", art, "--prompt", "a cat", "--out", png)
+    assert code != 0 and "takes no prompt" in err
+    code, out, _ = run_cli("run", art, "--n", "3", "--latents", root / "x.npy")
+    assert code == 0 and np.load(root / "x.npy").shape == (3, 4, 8, 8) and not png.exists()
+    code, out, _ = run_cli("inspect", art)
+    assert "writes --latents only" in out
+
+
+def test_sdxl_matches_diffusers_pipeline(tmp_path_factory):
+    from diffusers import StableDiffusionXLPipeline
+
+    from dmc.runtimes import load
+
+    root = tmp_path_factory.mktemp("t2i-sdxl")
+    folder = save_sdxl_pipeline(root / "sdxl")
+    art = _compile(folder, root / "sdxl.dmc", image_size=(24, 24))
+    pipe = load(art)
+    parts = json.loads((art / "manifest.json").read_text())["parts"]
+    assert parts["size_conditions"]["time_ids"] == [24, 24, 0, 0, 24, 24] and parts["image_size"] == [24, 24]
+    outputs = {o["name"] for o in parts["graphs"]["text_encoder_2"]["outputs"]}
+    assert outputs == {"penultimate_hidden_state", "text_embeds"}
+    prompts = ["a red fox in the snow", "a lighthouse on a cliff"]
+    for negative in (None, ["blurry"] * 2):  # None: SDXL's zero negative embeddings
+        got = pipe(prompt=prompts, negative_prompt=negative, seed=1, guidance=5.0)
+        want = diffusers_images(StableDiffusionXLPipeline, folder, pipe, prompts, 1, negative, guidance=5.0)
+        assert got.shape == want.shape == (2, 24, 24, 3) and want.std() > 10
+        assert psnr(got, want) >= 40
+
+
+def test_int8_calibrates_under_prompt_embeddings(sd_folder, tmp_path, run_cli, monkeypatch):
+    """INT8 calibration trajectories run under the --calib-prompts embeddings, with the empty prompt's
+    encoding in the unconditional half of the guided batch (not zero embeddings)."""
+    from dmc.quantize import calibration
+    from dmc.runtimes import load
+
+    seen = []
+    original = calibration.build
+
+    def spy(ctx, cfg, under_schedule=True):
+        seen.append(original(ctx, cfg, under_schedule))
+        return seen[-1]
+
+    monkeypatch.setattr(calibration, "build", spy)
+    prompts = ["a red fox in the snow", "a lighthouse on a cliff", "a bowl of lemons"]
+    (tmp_path / "prompts.txt").write_text("# my prompts\n" + "\n".join(prompts) + "\n\n")
+    art = tmp_path / "sd-int8.dmc"
+    code, _, err = run_cli("compress", sd_folder, "--out", art, "--int8", "--calib-samples", "4", "--steps", "3",
+                           "--calib-prompts", tmp_path / "prompts.txt")
+    assert code == 0, err
+    manifest = json.loads((art / "manifest.json").read_text())
+    assert manifest["precision"] == "int8"
+    assert manifest["parts"]["calibration_prompts"] == {"prompts": 3, "source": "file"}
+    pipe = load(art)
+    want = pipe.encode(prompts)["encoder_hidden_states"].reshape(3, -1)
+    empty = pipe.encode([""])["encoder_hidden_states"].reshape(1, -1)
+    assert seen and seen[0].batches
+    for batch in seen[0].batches.values():
+        states = batch["encoder_hidden_states"]
+        half = len(states) // 2
+        uncond, cond = states[:half].reshape(half, -1), states[half:].reshape(half, -1)
+        assert np.abs(uncond - empty).max() < 1e-4
+        assert all(np.abs(want - row).max(axis=1).min() < 1e-4 for row in cond)
+    assert pipe(prompt=prompts[0], n=2, seed=0).shape == (2, 16, 16, 3)

@@ -1,0 +1,116 @@
+"""Tiny random-weight text-to-image pipelines, saved the way diffusers' ``save_pretrained`` lays them out.
+
+``save_sd_pipeline(root)`` writes ``model_index.json``, ``unet/``, ``vae/``, ``text_encoder/``,
+``tokenizer/`` and ``scheduler/`` of a StableDiffusionPipeline whose parts are a few thousand
+parameters each; the tokenizer is a CLIP byte-level BPE over the 256 byte symbols plus a few merges,
+so any prompt tokenizes. ``save_sdxl_pipeline`` adds ``text_encoder_2``/``tokenizer_2`` (a CLIP
+text model with projection, whose pooled output feeds ``text_embeds``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+SCHEDULER = {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+             "beta_end": 0.012, "prediction_type": "epsilon", "clip_sample": False, "set_alpha_to_one": False,
+             "steps_offset": 1}
+MERGES = [("a", "t</w>"), ("c", "at</w>"), ("d", "o"), ("do", "g</w>"), ("r", "e"), ("re", "d</w>"),
+          ("t", "h"), ("th", "e</w>"), ("o", "n</w>"), ("i", "n</w>")]
+TOKENS = 77
+
+
+def clip_tokenizer(pad_token: str = "<|endoftext|>"):
+    """A CLIPTokenizer (fast) over the byte alphabet plus ``MERGES``, 77 tokens like every SD tokenizer."""
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import CLIPTokenizer
+
+    chars = sorted(ByteLevel.alphabet())
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    for a, b in MERGES:
+        vocab[a + b] = len(vocab)
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab[special] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=list(MERGES), pad_token=pad_token, model_max_length=TOKENS)
+
+
+def _randomize(model, scale: float = 0.2):
+    with torch.no_grad():  # not zero-initialised: zero-init output layers would hide wiring mistakes
+        for name, p in model.named_parameters():
+            if "norm" in name and name.endswith("weight"):
+                p.copy_(1 + 0.1 * torch.randn_like(p))
+            else:
+                p.copy_(torch.randn_like(p) * scale)
+    return model.eval()
+
+
+def text_encoder(dim: int, vocab: int, projection: int | None = None, seed: int = 0):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    cfg = CLIPTextConfig(vocab_size=vocab, hidden_size=dim, intermediate_size=2 * dim, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=TOKENS, hidden_act="quick_gelu",
+                         projection_dim=projection or dim, bos_token_id=vocab - 2, eos_token_id=vocab - 1,
+                         pad_token_id=vocab - 1)
+    cls = CLIPTextModelWithProjection if projection else CLIPTextModel
+    return _randomize(cls(cfg), 0.1)
+
+
+def vae(latent_channels: int = 4, seed: int = 1, scaling_factor: float = 0.5, shift_factor: float | None = None):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    model = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=latent_channels,
+                          block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
+                          down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                          sample_size=16, scaling_factor=scaling_factor, shift_factor=shift_factor)
+    return _randomize(model, 0.15)
+
+
+def sd_unet(cross_dim: int, seed: int = 2, **extra):
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    cfg = {"sample_size": 8, "in_channels": 4, "out_channels": 4, "layers_per_block": 1,
+           "block_out_channels": [8, 16], "norm_num_groups": 4, "cross_attention_dim": cross_dim,
+           "attention_head_dim": 4, "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+           "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"], **extra}
+    return _randomize(UNet2DConditionModel(**cfg), 0.2)
+
+
+def save_sd_pipeline(root: Path, with_text_encoder: bool = True, with_vae: bool = True) -> Path:
+    """A tiny StableDiffusionPipeline saved with ``save_pretrained``; optionally without weights of a part."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    tok = clip_tokenizer()
+    pipe = StableDiffusionPipeline(vae=vae(), text_encoder=text_encoder(16, len(tok)), tokenizer=tok,
+                                   unet=sd_unet(16), scheduler=DDIMScheduler(**SCHEDULER), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(root, safe_serialization=True)
+    for part, keep in (("text_encoder", with_text_encoder), ("vae", with_vae)):
+        if not keep:
+            for f in (root / part).glob("*.safetensors"):
+                f.unlink()
+    return root
+
+
+def save_sdxl_pipeline(root: Path) -> Path:
+    """A tiny StableDiffusionXLPipeline: two CLIP encoders (16 + 12 wide, the second with a 12-wide
+    projection feeding ``text_embeds``), a text_time UNet with six time ids."""
+    from diffusers import DDIMScheduler, StableDiffusionXLPipeline
+
+    tok = clip_tokenizer()
+    tok2 = clip_tokenizer(pad_token="!")  # SDXL's second tokenizer pads with "!" (id 0)
+    unet = sd_unet(28, addition_embed_type="text_time", addition_time_embed_dim=4,
+                   projection_class_embeddings_input_dim=12 + 6 * 4, use_linear_projection=True,
+                   attention_head_dim=[2, 4], transformer_layers_per_block=[1, 2],
+                   down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
+                   up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"])
+    pipe = StableDiffusionXLPipeline(vae=vae(), text_encoder=text_encoder(16, len(tok), seed=3),
+                                     text_encoder_2=text_encoder(12, len(tok2), projection=12, seed=4),
+                                     tokenizer=tok, tokenizer_2=tok2, unet=unet,
+                                     scheduler=DDIMScheduler(**SCHEDULER))
+    pipe.save_pretrained(root, safe_serialization=True)
+    return root
