@@ -18,6 +18,7 @@ Examples:
   dmc compress demo --out demo.dmc                   # the built-in digits UNet, FP32
   dmc compress demo --out demo-int8.dmc --int8       # PTQ4DM INT8
   dmc compress demo --out fast.dmc --int8 --cache    # INT8 + DeepCache, jointly calibrated
+  dmc compress demo --out small.dmc --prune 0.2      # 20 % of parameters pruned (learned masks)
   dmc compress unet/ --out my.dmc --sampler dpm++2m --steps 25
   dmc compress model.safetensors --config config.json --out my.dmc
 """
@@ -35,6 +36,12 @@ def cli() -> None:
 
 def _pass_configs(int8: bool, cache: bool, opts: dict) -> list:
     passes = []
+    if opts.get("prune") is not None:
+        from dmc.prune import PruneConfig
+
+        kw = {"ratio": opts["prune"], "align": opts["prune_align"], "method": opts["prune_method"],
+              "iterations": opts["prune_iterations"], "samples": opts["prune_samples"]}
+        passes.append(PruneConfig(**{k: v for k, v in kw.items() if v is not None}))
     if cache:
         from dmc.cache import CacheConfig
 
@@ -74,6 +81,13 @@ def _pass_configs(int8: bool, cache: bool, opts: dict) -> list:
 @click.option("--cache-schedule", type=click.Choice(["uniform", "dp", "bac"]), default=None,
               help="Refresh schedule: uniform, CacheQuant's dp, or BAC (DiT blocks). Default: the pass's own.")
 @click.option("--cache-interval", type=int, default=None, help="N: about one full call in N (default 3).")
+@click.option("--prune", type=float, default=None, metavar="RATIO",
+              help="Structural pruning: remove this fraction of parameters (EcoDiff learned masks).")
+@click.option("--prune-align", type=int, default=8, show_default=True, help="Pruned widths are multiples of this.")
+@click.option("--prune-method", type=click.Choice(["learned", "magnitude"]), default="learned", show_default=True,
+              help="learned: masks trained through the sampler; magnitude: the L1 baseline.")
+@click.option("--prune-iterations", type=int, default=None, help="Mask-training iterations (default 60).")
+@click.option("--prune-samples", type=int, default=None, help="Noise/label pairs the masks train on (default 16).")
 @click.option("--opset", type=int, default=18, show_default=True)
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 def compress(model, out, sampler, steps, guidance, seed, config_path, int8, cache, opset, force, **opts):
