@@ -45,7 +45,8 @@ def _pass_configs(int8: bool, cache: bool, opts: dict) -> list:
     if cache:
         from dmc.cache import CacheConfig
 
-        kw = {"schedule": opts["cache_schedule"], "interval": opts["cache_interval"]}
+        kw = {"schedule": opts["cache_schedule"], "interval": opts["cache_interval"],
+              "method": opts.get("cache_method"), "order": opts.get("forecast_order")}
         passes.append(CacheConfig(**{k: v for k, v in kw.items() if v is not None}))
     if int8:
         from dmc.quantize import QuantizeConfig
@@ -81,11 +82,15 @@ def _pass_configs(int8: bool, cache: bool, opts: dict) -> list:
 @click.option("--cache-schedule", type=click.Choice(["uniform", "dp", "bac"]), default=None,
               help="Refresh schedule: uniform, CacheQuant's dp, or BAC (DiT blocks). Default: the pass's own.")
 @click.option("--cache-interval", type=int, default=None, help="N: about one full call in N (default 3).")
+@click.option("--cache-method", type=click.Choice(["reuse", "forecast"]), default=None,
+              help="reuse the last computed feature (default) or forecast it (TaylorSeer extrapolation).")
+@click.option("--forecast-order", type=click.IntRange(1, 2), default=None, help="Forecast order (default 1).")
 @click.option("--prune", type=float, default=None, metavar="RATIO",
               help="Structural pruning: remove this fraction of parameters (EcoDiff learned masks).")
 @click.option("--prune-align", type=int, default=8, show_default=True, help="Pruned widths are multiples of this.")
-@click.option("--prune-method", type=click.Choice(["learned", "magnitude"]), default="learned", show_default=True,
-              help="learned: masks trained through the sampler; magnitude: the L1 baseline.")
+@click.option("--prune-method", type=click.Choice(["learned", "magnitude", "magnitude-layer"]),
+              default="learned", show_default=True,
+              help="learned: masks trained through the sampler; magnitude(-layer): L1 baselines (global / per layer).")
 @click.option("--prune-iterations", type=int, default=None, help="Mask-training iterations (default 60).")
 @click.option("--prune-samples", type=int, default=None, help="Noise/label pairs the masks train on (default 16).")
 @click.option("--opset", type=int, default=18, show_default=True)

@@ -205,3 +205,31 @@ def test_reconstruction_gradient_reaches_every_live_unit_and_no_dead_one():
             assert g[dead] == 0 and (g[torch.arange(len(g)) != dead] != 0).all()
         else:
             assert (g != 0).all(), u.path
+
+
+@pytest.mark.slow
+def test_compress_prune_end_to_end(tmp_path, run_cli):
+    out = tmp_path / "p.dmc"
+    code, stdout, err = run_cli("compress", "demo", "--prune", "0.2", "--prune-iterations", "2", "--prune-samples",
+                                "4", "--steps", "3", "--out", out)
+    assert code == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    record = next(p for p in manifest["passes"] if p["name"] == "prune")
+    assert manifest["model"]["parameters"] == record["params_after"] <= 0.8 * record["params_before"]
+    assert manifest["verification"]["psnr_db"] >= manifest["verification"]["floor_psnr_db"]  # export fidelity
+    assert record["layers"] and all(r["kept_width"] % 8 == 0 for r in record["layers"])
+    assert 0 < record["quality_vs_unpruned"]["psnr_db"] < 100
+    code, text, _ = run_cli("inspect", out)
+    assert code == 0 and "prune      learned" in text and record["layers"][0]["module"] in text
+
+    from dmc.runtimes import load
+
+    images = load(out)(n=2, seed=0)
+    assert images.shape == (2, 16, 16, 1)
+
+
+def test_compress_prune_bad_ratio(tmp_path, run_cli):
+    out = tmp_path / "bad.dmc"
+    code, _, err = run_cli("compress", "demo", "--prune", "1.5", "--out", out)
+    assert code == 2 and "RATIO must be between 0 and 1" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 from dmc.errors import DmcError
 
-METHODS = ("learned", "magnitude")
+METHODS = ("learned", "magnitude", "magnitude-layer")
 
 
 @dataclass
@@ -16,7 +16,8 @@ class PruneConfig:
     - ``ratio``: fraction of the model's parameters to remove (the result removes at least this).
     - ``align``: kept widths are multiples of this (or zero: the branch becomes its constant).
     - ``method``: "learned" (EcoDiff hard-concrete masks trained through the unrolled sampler) or
-      "magnitude" (the L1 baseline: mean |w| per unit, same binarization).
+      "magnitude" (the L1 baseline: mean |w| per unit, ranked globally, same binarization) or
+      "magnitude-layer" (L1 rank within each layer, so every layer loses about the same fraction).
     - ``iterations``/``samples``/``batch``/``lr``: mask training budget (learned only).
     - ``eval_samples``: held-out images for the drop against the unpruned model (PSNR, manifest).
     """
@@ -31,6 +32,9 @@ class PruneConfig:
     dual_lr: float = 0.5
     eval_samples: int = 16
     seed: int | None = None
+
+    def __post_init__(self):
+        self.validate()
 
     def validate(self) -> None:
         if not 0.0 < self.ratio < 1.0:

@@ -44,8 +44,11 @@ def score_units(ctx, cfg: PruneConfig, units, total: int, seed: int):
     from dmc.prune.structures import STRUCTURES
 
     model = ctx.adapter.model
-    if cfg.method == "magnitude":
-        return [STRUCTURES[u.kind].magnitude(model.get_submodule(u.path), u) for u in units], None
+    if cfg.method.startswith("magnitude"):
+        scores = [STRUCTURES[u.kind].magnitude(model.get_submodule(u.path), u) for u in units]
+        if cfg.method == "magnitude-layer":  # rank within the layer, as a fraction: uniform removal
+            scores = [torch.argsort(torch.argsort(s)).float() / len(s) for s in scores]
+        return scores, None
     from dmc.prune.masks import MaskSet
     from dmc.prune.train import TrainOptions, learn_masks
 

@@ -120,16 +120,23 @@ class Pipeline:
         cond_feed = {k: np.concatenate([uncond[k], v]) for k, v in cond.items()} if guided else cond
         history: list = []
         buffers: dict[str, np.ndarray] = {}  # cached tensors, named by the graph output that wrote them
+        # forecast: the last few values of each cached tensor (newest first) and per-call weights over them
+        depth = max((len(w) for c in self.calls for w in c.extra.get("forecast", {}).values()), default=0)
+        past: dict[str, list[np.ndarray]] = {}
         for k, call in enumerate(self.calls):
             xin = np.concatenate([x, x]) if guided else x
             t = np.full(len(xin), call.timestep, dtype=np.float32)
             feeds = {"sample": xin, "timestep": t, **cond_feed, **buffers}
+            for name, weights in call.extra.get("forecast", {}).items():
+                feeds[name] = sum(w * v for w, v in zip(weights, past[name])).astype(np.float32)
             for name, key in call.extra.get("tables", {}).items():  # per-call constants (e.g. corrections)
                 feeds[name] = self.tables[key]
             outs = self.executor.run(call.graph, feeds)
             raw = outs[0]
             for name, value in zip(self.executor.output_names(call.graph)[1:], outs[1:]):
                 buffers[name] = value
+                if depth:
+                    past[name] = [value] + past.get(name, [])[: depth - 1]
             out = guide(raw, n, self.recipe.guidance) if guided else raw
             x = sampler_update(call, x, out, history)
             if on_call is not None:
