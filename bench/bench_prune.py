@@ -8,8 +8,10 @@ memory: one gradient of an end-to-end loss on the final sample w.r.t. every para
 bytes of tensors saved for backward (activations only; parameters excluded), peak RSS growth of
 the process over its state after loading and one no-grad sampling run, and wall time.
 
-quality: `dmc compress demo --prune R` (learned) and `--prune R --prune-method magnitude` at each
-ratio, then `dmc eval` of every artifact against the unpruned demo (paired PSNR, Frechet distance).
+quality: the prune pass at each ratio and method (learned, magnitude = global L1, magnitude-layer =
+L1 within each layer), DDIM 20 steps, guidance 2, then ``dmc.evaluate.evaluate`` (what ``dmc eval``
+runs) of every artifact against the unpruned model: paired PSNR/SSIM, Frechet distance to held-out
+digits, class accuracy. Rows are appended to ``bench/results/prune_runs.jsonl``.
 """
 
 from __future__ import annotations
@@ -141,6 +143,53 @@ def cmd_memory(args) -> None:
               f"{r['rss_growth_mb']} | {r['seconds']} |")
 
 
+def cmd_quality(args) -> None:
+    from dmc.compress.pipeline import CompileOptions, compile_model
+    from dmc.evaluate.evaluate import evaluate
+    from dmc.prune import PruneConfig
+    from dmc.sampling import Recipe
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    results = ROOT / "results" / "prune_runs.jsonl"
+    rows = []
+    for model in args.models:
+        for ratio in args.ratios:
+            for method in args.methods:
+                path = WORK / f"{model}-{method}-{ratio}.dmc"
+                start = time.perf_counter()
+                compile_model(model, path, CompileOptions(recipe=Recipe(steps=args.steps, guidance=2.0), force=True,
+                                                          passes=[PruneConfig(ratio=ratio, method=method)]))
+                seconds = time.perf_counter() - start
+                ev = evaluate(path, reference=model, n=args.n)
+                manifest = json.loads((path / "manifest.json").read_text())
+                rec = next(p for p in manifest["passes"] if p["name"] == "prune")
+                row = {"model": model, "ratio": ratio, "method": method, "steps": args.steps, "n": args.n,
+                       "params_before": rec["params_before"], "params_after": rec["params_after"],
+                       "params_ratio": rec["params_ratio"], "psnr_mean": ev["paired"]["psnr_mean"],
+                       "ssim_mean": ev["paired"]["ssim_mean"], "fd": ev["frechet"]["fd"],
+                       "fd_ci": [ev["frechet"]["ci_low"], ev["frechet"]["ci_high"]],
+                       "fd_reference_model": ev["frechet"]["reference_model_fd"],
+                       "fd_delta": ev["frechet"]["fd_delta"],
+                       "accuracy": (ev.get("classifier") or {}).get("accuracy"),
+                       "accuracy_reference": (ev.get("classifier") or {}).get("reference_accuracy"),
+                       "compile_seconds": round(seconds, 1),
+                       "train_seconds": (rec.get("training") or {}).get("seconds"),
+                       "constant_branches": sum(r["constant"] for r in rec["layers"]),
+                       "date": time.strftime("%Y-%m-%d")}
+                rows.append(row)
+                with results.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                print(json.dumps(row), flush=True)
+    print("\n| model | ratio | method | params kept | paired PSNR (dB) | SSIM | FD [95% CI] (unpruned FD) | "
+          "class acc. (unpruned) | constant branches | compile s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        acc = f"{r['accuracy']:.3f} ({r['accuracy_reference']:.3f})" if r["accuracy"] is not None else "-"
+        print(f"| {r['model']} | {r['ratio']} | {r['method']} | {r['params_ratio']:.1%} | {r['psnr_mean']:.2f} | "
+              f"{r['ssim_mean']:.3f} | {r['fd']:.2f} [{r['fd_ci'][0]:.2f}, {r['fd_ci'][1]:.2f}] "
+              f"({r['fd_reference_model']:.2f}) | {acc} | {r['constant_branches']} | {r['compile_seconds']} |")
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "_memory_child":
@@ -152,8 +201,14 @@ def main(argv=None) -> int:
     mem.add_argument("--models", nargs="+", default=["demo", "mid"])
     mem.add_argument("--steps", type=int, default=10)
     mem.add_argument("--batch", type=int, default=4)
+    qual = sub.add_parser("quality")
+    qual.add_argument("--models", nargs="+", default=["demo"])
+    qual.add_argument("--ratios", nargs="+", type=float, default=[0.1, 0.2, 0.3])
+    qual.add_argument("--methods", nargs="+", default=["learned", "magnitude", "magnitude-layer"])
+    qual.add_argument("--steps", type=int, default=20)
+    qual.add_argument("--n", type=int, default=256)
     args = ap.parse_args(argv)
-    {"memory": cmd_memory}[args.cmd](args)
+    {"memory": cmd_memory, "quality": cmd_quality}[args.cmd](args)
     return 0
 
 

@@ -21,6 +21,7 @@ Examples:
   dmc compress demo --out demo.dmc                   # the built-in digits UNet, FP32
   dmc compress demo --out demo-int8.dmc --int8       # PTQ4DM INT8
   dmc compress demo --out fast.dmc --int8 --cache    # INT8 + DeepCache, jointly calibrated
+  dmc compress demo --out small.dmc --prune 0.2      # 20 % of parameters pruned (learned masks)
   dmc compress unet/ --out my.dmc --sampler dpm++2m --steps 25
   dmc compress model.safetensors --config config.json --out my.dmc
   dmc compress unet/ --scheduler-preset sd15 --sampler unipc-bh2 --steps 10
@@ -39,10 +40,17 @@ def cli() -> None:
 
 def _pass_configs(int8: bool, cache: bool, opts: dict) -> list:
     passes = []
+    if opts.get("prune") is not None:
+        from dmc.prune import PruneConfig
+
+        kw = {"ratio": opts["prune"], "align": opts["prune_align"], "method": opts["prune_method"],
+              "iterations": opts["prune_iterations"], "samples": opts["prune_samples"]}
+        passes.append(PruneConfig(**{k: v for k, v in kw.items() if v is not None}))
     if cache:
         from dmc.cache import CacheConfig
 
-        kw = {"schedule": opts["cache_schedule"], "interval": opts["cache_interval"]}
+        kw = {"schedule": opts["cache_schedule"], "interval": opts["cache_interval"],
+              "method": opts.get("cache_method"), "order": opts.get("forecast_order")}
         passes.append(CacheConfig(**{k: v for k, v in kw.items() if v is not None}))
     if int8:
         from dmc.quantize import QuantizeConfig
@@ -92,6 +100,17 @@ def _pass_configs(int8: bool, cache: bool, opts: dict) -> list:
               help="Image size in pixels (static shapes; default: the model's own).")
 @click.option("--calib-prompts", type=click.Path(), default=None,
               help="Text-to-image: calibration prompts, one per line (default: dmc's built-in set).")
+@click.option("--cache-method", type=click.Choice(["reuse", "forecast"]), default=None,
+              help="reuse the last computed feature (default) or forecast it (TaylorSeer extrapolation).")
+@click.option("--forecast-order", type=click.IntRange(1, 2), default=None, help="Forecast order (default 1).")
+@click.option("--prune", type=float, default=None, metavar="RATIO",
+              help="Structural pruning: remove this fraction of parameters (EcoDiff learned masks).")
+@click.option("--prune-align", type=int, default=8, show_default=True, help="Pruned widths are multiples of this.")
+@click.option("--prune-method", type=click.Choice(["learned", "magnitude", "magnitude-layer"]),
+              default="learned", show_default=True,
+              help="learned: masks trained through the sampler; magnitude(-layer): L1 baselines (global / per layer).")
+@click.option("--prune-iterations", type=int, default=None, help="Mask-training iterations (default 60).")
+@click.option("--prune-samples", type=int, default=None, help="Noise/label pairs the masks train on (default 16).")
 @click.option("--opset", type=int, default=18, show_default=True)
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,

@@ -10,7 +10,7 @@ from dmc.sampling.solvers import table_lines, table_rows
 
 # Each pass package may offer `describe(manifest) -> dict`; imported lazily so a runtime-only
 # install (no torch) can still inspect what it can.
-DESCRIBERS = ("dmc.quantize", "dmc.cache")
+DESCRIBERS = ("dmc.quantize", "dmc.cache", "dmc.prune")
 
 
 def describe(artifact: str | Path, schedule_png: str | None = None) -> dict:
@@ -87,6 +87,7 @@ def format_text(info: dict) -> str:
         lines.append(f"int8       {name:<12} {g.get('summary', '')}  [{g.get('profile')} profile {check}]")
     for line in (info.get("cache") or {}).get("text", []):
         lines.append(line)
+    lines += (info.get("prune") or {}).get("text", [])
     return "\n".join(lines)
 
 

@@ -41,6 +41,10 @@ def describe(manifest, schedule_png: str | None = None) -> dict:
     if "theoretical_speedup" in record:
         head += f" (x{record['theoretical_speedup']:.2f} by MACs)"
     text = [head, f"  schedule {groups}"]
+    if record.get("forecast"):
+        fc = record["forecast"]
+        text.append(f"  forecast: cached features extrapolated (order {fc['order']}, TaylorSeer), "
+                    f"{fc['reads_at_full_order']}/{fc['forecast_reads']} reads at full order")
     corr = record.get("correction")
     if corr:
         text.append(f"  correction: cached-feature rel. L1 error {corr['rel_l1_before_mean']:.3f} -> "

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from dmc.errors import DmcError
 
 SCHEDULES = ("auto", "uniform", "dp", "bac")
+METHODS = ("reuse", "forecast")
 
 
 @dataclass
@@ -38,8 +39,14 @@ class CacheConfig:
     n_bubbling: int = 3
     seed: int | None = None
     num_samples: int = 8
+    method: str = "reuse"  # "forecast": TaylorSeer extrapolation of cached features (forecast.py)
+    order: int = 1  # forecast order (1 or 2)
 
     def __post_init__(self):
+        if self.method not in METHODS:
+            raise DmcError(f"unknown cache method {self.method!r} (choose from {', '.join(METHODS)})")
+        if self.order not in (1, 2):
+            raise DmcError(f"forecast order must be 1 or 2, got {self.order}")
         if self.schedule not in SCHEDULES:
             raise DmcError(f"unknown cache schedule {self.schedule!r} (choose from {', '.join(SCHEDULES)})")
         if self.interval < 1:

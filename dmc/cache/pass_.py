@@ -91,7 +91,7 @@ def _run_unet(ctx, cfg, full_first, seed, num_calls) -> None:
     feats = features.record_unet_features(ctx, cfg.branch, cfg.num_samples, seed) if need else None
     refresh = choose_schedule(cfg, num_calls, full_first, feats)
     cached = ~refresh
-    correction = bool(cfg.correction and cached.any())
+    correction = bool(cfg.correction and cached.any() and cfg.method == "reuse")  # DEC a1/b1 fit reuse
     fit = fit_cache_correction(feats, refresh) if correction else None
 
     full, shallow, ex_full, ex_shallow, macs = deepcache.build_modules(
@@ -122,6 +122,11 @@ def _run_unet(ctx, cfg, full_first, seed, num_calls) -> None:
             ctx.tables[keys[deepcache.SHIFT]] = fit["shift"][k]
             call.extra.setdefault("tables", {}).update(keys)
 
+    forecast = None
+    if cfg.method == "forecast":
+        from dmc.cache.forecast import annotate_calls
+
+        forecast = annotate_calls(ctx.calls, refresh, [deepcache.CACHE], cfg.order)
     n_full = int(refresh.sum())
     ratio = (n_full * macs["full"] + (num_calls - n_full) * macs["shallow"]) / (num_calls * macs["full"])
     record = {
@@ -138,6 +143,8 @@ def _run_unet(ctx, cfg, full_first, seed, num_calls) -> None:
         "cost_ratio": round(ratio, 4),
         "theoretical_speedup": round(1.0 / ratio, 3),
     }
+    if forecast is not None:
+        record["forecast"] = forecast
     if fit is not None:
         before = [fit["rel_l1_before"].get(k) for k in range(num_calls)]
         after = [fit["rel_l1_after"].get(k) for k in range(num_calls)]
@@ -176,6 +183,12 @@ def _run_dit(ctx, cfg, full_first, seed) -> None:
     refresh = np.asarray(refresh, dtype=bool)
     build_dit_cache(ctx, cfg, refresh)
     patterns, _ = schedules.distinct_rows(refresh)
+    forecast = None
+    if cfg.method == "forecast":
+        from dmc.cache.dit_blocks import cache_names
+        from dmc.cache.forecast import annotate_calls
+
+        forecast = annotate_calls(ctx.calls, refresh, cache_names(num_blocks // 2), cfg.order)
     ctx.passes.append({
         "name": "cache",
         "method": "dit-blocks",
@@ -189,4 +202,5 @@ def _run_dit(ctx, cfg, full_first, seed) -> None:
         "distinct_patterns": len(patterns),
         "cost_ratio": round(float(refresh.mean()), 4),  # fraction of sub-block computations that run
         "cost_ratio_kind": "fraction of cached sub-block computations run (blocks weighted equally)",
+        **({"forecast": forecast} if forecast else {}),
     })

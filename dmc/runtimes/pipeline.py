@@ -119,17 +119,25 @@ class Pipeline:
         history: list = []
         buffers: dict = {}  # cached tensors (executor-native), named by the graph output that wrote them
         executor = self.executor
+        # forecast: the last few values of each cached tensor (newest first, on host: the extrapolation is
+        # numpy arithmetic) and per-call weights over them
+        depth = max((len(w) for c in self.calls for w in c.extra.get("forecast", {}).values()), default=0)
+        past: dict[str, list[np.ndarray]] = {}
         for k, call in enumerate(self.calls):
             xin = x if call.scale_in == 1 else (x * np.float32(call.scale_in))
             xin = np.concatenate([xin, xin]) if guided else xin
             t = np.full(len(xin), call.timestep, dtype=np.float32)
             feeds = {"sample": xin, "timestep": t, **cond_feed, **buffers}
+            for name, weights in call.extra.get("forecast", {}).items():
+                feeds[name] = sum(w * v for w, v in zip(weights, past[name])).astype(np.float32)
             for name, key in call.extra.get("tables", {}).items():  # per-call constants (e.g. corrections)
                 feeds[name] = self.tables[key]
             outs = executor.run(call.graph, feeds)
             raw = executor.to_numpy(outs[0])
             for name, value in zip(executor.output_names(call.graph)[1:], outs[1:]):
                 buffers[name] = value
+                if depth:
+                    past[name] = [executor.to_numpy(value)] + past.get(name, [])[: depth - 1]
             out = guide(raw, n, self.recipe.guidance) if guided else raw
             x = sampler_update(call, x, out, history)
             if on_call is not None:
