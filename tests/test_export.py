@@ -69,7 +69,8 @@ def test_embedding_conditioned_unet_compiles_and_runs(tmp_path):
 
     save_model(tiny_cond_unet(), tmp_path / "cond.safetensors")
     art = compile_model(str(tmp_path / "cond.safetensors"), tmp_path / "cond.dmc",
-                        CompileOptions(recipe=Recipe(steps=3, guidance=3.0), verify_images=2))
+                        CompileOptions(recipe=Recipe(steps=3, guidance=3.0), verify_images=2,
+                                       scheduler_preset="sd15"))
     m = json.loads((art / "manifest.json").read_text())
     assert m["model"]["conditioning"]["kind"] == "embedding"
     pipe = load(art)

@@ -50,6 +50,9 @@ def test_runtime_feeds_the_forecast():
         def output_names(self, graph):
             return ["prediction", "cache.deep"] if graph == "full" else ["prediction"]
 
+        def to_numpy(self, value):
+            return value
+
         def run(self, graph, feeds):
             k, self.k = self.k, self.k + 1
             zero = np.zeros_like(feeds["sample"])
