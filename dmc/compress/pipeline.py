@@ -175,12 +175,21 @@ def verify(ctx: CompileContext, root: Path, manifest: dict, n: int) -> dict:
     runtime = Pipeline.from_manifest(manifest_obj, OnnxRuntimeExecutor(manifest_obj, providers=["CPUExecutionProvider"]))
     got = runtime.sample(n, seed=ctx.recipe.seed)
     want = ctx.torch_pipeline(reference=True).sample(n, seed=ctx.recipe.seed)
+    for side, images in (("artifact (ONNX Runtime)", got), ("torch reference", want)):
+        if not np.isfinite(images).all():
+            raise DmcError(f"verification failed: the {side} samples contain non-finite values (NaN or inf); "
+                           "nothing was written")
     rmse = float(np.sqrt(np.mean((np.clip(got, -1, 1) - np.clip(want, -1, 1)) ** 2)) / 2)  # on the [0, 1] scale
     psnr = float("inf") if rmse == 0 else float(-20 * np.log10(rmse))
     result = {"images": n, "rmse": rmse, "psnr_db": min(psnr, 100.0), "floor_psnr_db": ctx.fidelity_floor_psnr}
     (root / MANIFEST).unlink()
-    if psnr < ctx.fidelity_floor_psnr:
-        raise DmcError(f"verification failed: artifact samples differ from the torch reference "
-                       f"(PSNR {psnr:.1f} dB < floor {ctx.fidelity_floor_psnr} dB); nothing was written")
+    check_fidelity(psnr, ctx.fidelity_floor_psnr)
     del load
     return result
+
+
+def check_fidelity(psnr: float, floor: float) -> None:
+    """Written so that NaN fails: a comparison with NaN is False, so pass only on ``psnr >= floor``."""
+    if not (psnr >= floor):
+        raise DmcError(f"verification failed: artifact samples differ from the torch reference "
+                       f"(PSNR {psnr:.1f} dB < floor {floor} dB); nothing was written")

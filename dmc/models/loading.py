@@ -122,6 +122,7 @@ def load_model(source: str, config_path: str | None = None) -> LoadedModel:
         config, assumptions = found.config, found.assumptions
         for a in assumptions:
             warnings.warn(f"{name}: config inferred from tensor shapes, assuming {a}", stacklevel=2)
+    check_finite_weights(state, name)
     model = _instantiate(class_name, config, state, name)
     if source in DEMO_MODELS:  # the demo's schedule is defined in code, not in the file
         scheduler = dict(SCHEDULER_CONFIG)
@@ -131,6 +132,16 @@ def load_model(source: str, config_path: str | None = None) -> LoadedModel:
         scheduler = _scheduler_config_near(weights)
     clean = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
     return LoadedModel(model, class_name, clean, scheduler, name, weights, sha256_path(weights), assumptions)
+
+
+def check_finite_weights(state: dict, name: str) -> None:
+    """NaN/inf weights compile to an artifact that samples NaN: refuse them, naming the tensors."""
+    import torch
+
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise DmcError(f"{name}: non-finite (NaN or inf) weights in tensor {bad[0]}{more}; the checkpoint is corrupt")
 
 
 def _instantiate(class_name: str, config: dict, state: dict, name: str):

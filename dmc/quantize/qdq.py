@@ -204,6 +204,10 @@ def record_stats(model: onnx.ModelProto, tensors: list[str], batches: list[dict]
             outs = session.run(tensors, sub)
             share = min(rows_per_run, n - s) / total
             for t, v in zip(tensors, outs):
+                if not np.isfinite(v).all():
+                    raise DmcError(f"non-finite activations (NaN or inf) in tensor {t} during INT8 calibration "
+                                   f"(timesteps {sorted(set(np.ravel(sub.get('timestep', [])).tolist()))[:4]}...); "
+                                   "the model overflows or its weights are corrupt")
                 stats[t].update(v, share)
     return stats
 
