@@ -81,12 +81,13 @@ def reference_pipeline(source: str, recipe: Recipe, config_path: str | None = No
 def compile_model(source: str, out: str | Path, options: CompileOptions | None = None) -> Path:
     options = options or CompileOptions()
     started = time.time()
-    writer = ArtifactWriter(out, overwrite=options.force)  # fail on an existing output before any work
-    _log(options, f"loading {source} and exporting ONNX")
-    ctx = prepare(source, options)
-    if options.passes:
-        run_passes(ctx, options.passes)
+    # claim the output, check it is writable with room to spare, before any work
+    writer = ArtifactWriter(out, overwrite=options.force, need_bytes=estimate_artifact_bytes(source))
     with writer:
+        _log(options, f"loading {source} and exporting ONNX")
+        ctx = prepare(source, options)
+        if options.passes:
+            run_passes(ctx, options.passes)
         _log(options, "writing graphs")
         write_graphs({n: g.onnx for n, g in ctx.graphs.items()}, writer.root / "graphs")
         if ctx.tables:
@@ -98,6 +99,17 @@ def compile_model(source: str, out: str | Path, options: CompileOptions | None =
         _log(options, "verifying the artifact against torch")
         manifest["verification"] = verify(ctx, writer.root, manifest, options.verify_images)
         return writer.finish(manifest)
+
+
+def estimate_artifact_bytes(source: str) -> int:
+    """Free space to ask for: FP32 weights (x2 for an fp16 source) plus variants, with a margin."""
+    from dmc.models.loading import weights_file
+
+    try:
+        size = weights_file(source).stat().st_size
+    except (DmcError, OSError):
+        return 0  # the load reports a bad source properly
+    return 3 * size + 16 * (1 << 20)
 
 
 def build_manifest(ctx: CompileContext, seconds: float) -> dict:

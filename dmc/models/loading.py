@@ -75,6 +75,11 @@ def _resolve(source: str) -> tuple[Path, Path | None, str]:
     return path, None, str(path)
 
 
+def weights_file(source: str) -> Path:
+    """The weights file ``source`` names (checked to exist), without loading it."""
+    return _resolve(source)[0]
+
+
 def _scheduler_config_near(weights: Path) -> dict | None:
     candidate = weights.parent.parent / "scheduler" / "scheduler_config.json"
     return _read_json(candidate) if candidate.exists() else None
