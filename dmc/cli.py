@@ -254,6 +254,9 @@ def main(argv=None) -> None:
     except DmcError as e:
         print(f"dmc: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:  # disk full, read-only, permissions: the environment, not a bug
+        print(f"dmc: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print("dmc: interrupted", file=sys.stderr)
         sys.exit(130)

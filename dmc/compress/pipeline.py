@@ -99,25 +99,26 @@ def reference_pipeline(source: str, recipe: Recipe, config_path: str | None = No
 def compile_model(source: str, out: str | Path, options: CompileOptions | None = None) -> Path:
     options = options or CompileOptions()
     started = time.time()
-    writer = ArtifactWriter(out, overwrite=options.force)  # fail on an existing output before any work
-    refuse_unsupported_passes(inspect_source(source, options.config_path).family, options.passes)
-    from dmc.export import pipeline_parts
-
-    folder, options.recipe, notes = pipeline_parts.plan(source, options.recipe, options.image_size,
-                                                        options.config_path)
-    _log(options, f"loading {source} and exporting ONNX")
-    ctx = prepare(source, options)
-    ctx.warnings.extend(notes)
-    parts = None
-    if folder is not None:  # a whole pipeline folder: text encoder(s), tokenizer(s), VAE decoder too
-        _log(options, "exporting the text encoder(s) and the VAE decoder")
-        parts = pipeline_parts.build_parts(folder, pipeline_parts.image_size_of(folder, ctx.sample_shape),
-                                           options.opset)
-        ctx.extra_files.update(parts.files)
-        ctx.prompt_conditions = pipeline_parts.calibration_conditions(parts, options.calib_prompts)
-    if options.passes:
-        run_passes(ctx, options.passes)
+    # claim the output, check it is writable with room to spare, before any work
+    writer = ArtifactWriter(out, overwrite=options.force, need_bytes=estimate_artifact_bytes(source))
     with writer:
+        refuse_unsupported_passes(inspect_source(source, options.config_path).family, options.passes)
+        from dmc.export import pipeline_parts
+
+        folder, options.recipe, notes = pipeline_parts.plan(source, options.recipe, options.image_size,
+                                                            options.config_path)
+        _log(options, f"loading {source} and exporting ONNX")
+        ctx = prepare(source, options)
+        ctx.warnings.extend(notes)
+        parts = None
+        if folder is not None:  # a whole pipeline folder: text encoder(s), tokenizer(s), VAE decoder too
+            _log(options, "exporting the text encoder(s) and the VAE decoder")
+            parts = pipeline_parts.build_parts(folder, pipeline_parts.image_size_of(folder, ctx.sample_shape),
+                                               options.opset)
+            ctx.extra_files.update(parts.files)
+            ctx.prompt_conditions = pipeline_parts.calibration_conditions(parts, options.calib_prompts)
+        if options.passes:
+            run_passes(ctx, options.passes)
         _log(options, "writing graphs")
         # release: the in-memory graphs drop their weight bytes once written (verify reads the files)
         write_graphs({**{n: g.onnx for n, g in ctx.graphs.items()}, **(parts.graphs if parts else {})},
@@ -137,6 +138,17 @@ def compile_model(source: str, out: str | Path, options: CompileOptions | None =
         if ctx.warnings:
             manifest.setdefault("warnings", list(ctx.warnings))
         return writer.finish(manifest)
+
+
+def estimate_artifact_bytes(source: str) -> int:
+    """Free space to ask for: FP32 weights (x2 for an fp16 source) plus variants, with a margin."""
+    from dmc.models.loading import weights_files
+
+    try:
+        size = sum(p.stat().st_size for p in weights_files(source))
+    except (DmcError, OSError):
+        return 0  # the load reports a bad source properly
+    return 3 * size + 16 * (1 << 20)
 
 
 def build_manifest(ctx: CompileContext, seconds: float) -> dict:
@@ -220,12 +232,21 @@ def verify(ctx: CompileContext, root: Path, manifest: dict, n: int, progress: bo
     early = first_group_check(ctx, runtime, reference, progress)  # raises, with the figure, when far off
     got = runtime.sample(n, seed=ctx.recipe.seed, progress=progress)
     want = reference.sample(n, seed=ctx.recipe.seed, progress=progress)
+    for side, images in (("artifact (ONNX Runtime)", got), ("torch reference", want)):
+        if not np.isfinite(images).all():
+            raise DmcError(f"verification failed: the {side} samples contain non-finite values (NaN or inf); "
+                           "nothing was written")
     rmse, psnr = paired_psnr(got, want)
     result = {"images": n, "rmse": rmse, "psnr_db": min(psnr, 100.0), "floor_psnr_db": ctx.fidelity_floor_psnr,
               "first_calls": early}
     (root / MANIFEST).unlink()
-    if psnr < ctx.fidelity_floor_psnr:
-        raise DmcError(f"verification failed: artifact samples differ from the torch reference "
-                       f"(PSNR {psnr:.1f} dB < floor {ctx.fidelity_floor_psnr} dB); nothing was written")
+    check_fidelity(psnr, ctx.fidelity_floor_psnr)
     del load
     return result
+
+
+def check_fidelity(psnr: float, floor: float) -> None:
+    """Written so that NaN fails: a comparison with NaN is False, so pass only on ``psnr >= floor``."""
+    if not (psnr >= floor):
+        raise DmcError(f"verification failed: artifact samples differ from the torch reference "
+                       f"(PSNR {psnr:.1f} dB < floor {floor} dB); nothing was written")

@@ -126,6 +126,11 @@ def _scheduler_config_path(weights: Path) -> Path:
     return weights.parent.parent / "scheduler" / "scheduler_config.json"
 
 
+def weights_files(source: str) -> list[Path]:
+    """The weights file(s) ``source`` names (checked to exist; shards of a sharded checkpoint), unread."""
+    return _resolve(source)[0]
+
+
 def _scheduler_config_near(weights: Path) -> dict | None:
     candidate = _scheduler_config_path(weights)
     return _read_json(candidate) if candidate.exists() else None
@@ -188,6 +193,7 @@ def load_model(source: str, config_path: str | None = None) -> LoadedModel:
     state, metadata = {}, src.metadata
     for path in src.weights:
         state.update(load_tensors(path)[0])
+    check_finite_weights(state, name)
     model = _instantiate(class_name, config, state, name)
     weights = src.weights[0]
     if source in DEMO_MODELS:  # the demo's schedule is defined in code, not in the file
@@ -213,6 +219,16 @@ def _weights_sha256(paths: list[Path]) -> str:
 def source_sha256(source: str) -> str:
     """The digest ``load_model(source)`` records, without loading the model."""
     return _weights_sha256(_resolve(source)[0])
+
+
+def check_finite_weights(state: dict, name: str) -> None:
+    """NaN/inf weights compile to an artifact that samples NaN: refuse them, naming the tensors."""
+    import torch
+
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise DmcError(f"{name}: non-finite (NaN or inf) weights in tensor {bad[0]}{more}; the checkpoint is corrupt")
 
 
 def _instantiate(class_name: str, config: dict, state: dict, name: str):

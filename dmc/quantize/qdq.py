@@ -218,6 +218,10 @@ def record_stats(model: onnx.ModelProto, tensors: list[str], batches: list[dict]
                 rows = min(step, n - s)
                 outs = session.run(tensors, sub)
                 for t, v in zip(tensors, outs):
+                    if not np.isfinite(v).all():
+                        raise DmcError(f"non-finite activations (NaN or inf) in tensor {t} during INT8 calibration "
+                                       f"(timesteps {sorted(set(np.ravel(sub.get('timestep', [])).tolist()))[:4]}...); "
+                                       "the model overflows or its weights are corrupt")
                     stats[t].update(v, rows / total)
                 row_bytes = sum(v.nbytes for v in outs) / rows
                 del outs
