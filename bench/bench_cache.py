@@ -108,7 +108,7 @@ def build(source: str, work: Path, specs: dict, force: bool, verify_images: int 
         t = time.time()
         try:
             compile_model(source, out, CompileOptions(recipe=Recipe(**RECIPE_KW), passes=passes,
-                                                       verify_images=verify_images))
+                                                       verify_images=verify_images, scheduler_preset=None if source in ("demo", "demo-dit") else "ddpm-linear"))
         except Exception as e:  # report and keep going: one broken variant must not hide the others
             print(f"  {name}: FAILED {type(e).__name__}: {str(e).splitlines()[0]}", flush=True)
             continue
@@ -141,12 +141,14 @@ def latency(source: str, paths: dict, runs: int, threads: int) -> dict:
     import torch
 
     from dmc.compress.pipeline import reference_pipeline
+    from dmc.sampling.schedules import PRESETS
     from dmc.runtimes import load
     from dmc.sampling import Recipe
 
     torch.set_num_threads(threads)
     pipes = {name: load(path, threads=threads) for name, path in paths.items()}
-    pipes["torch eager fp32"] = reference_pipeline(source, Recipe(**RECIPE_KW))
+    pipes["torch eager fp32"] = reference_pipeline(source, Recipe(**RECIPE_KW), training_schedule=None if source == "demo"
+                                                    else PRESETS["ddpm-linear"])
     for pipe in pipes.values():  # warm-up: session init, allocator
         pipe.sample(1, seed=0)
     times = {name: [] for name in pipes}

@@ -105,7 +105,7 @@ def main() -> None:
         t0 = time.time()
         if not out.exists():
             compile_model(source, out, CompileOptions(recipe=Recipe(steps=steps, guidance=GUIDANCE, seed=SEED),
-                                                      passes=passes, verify_images=2))
+                                                      passes=passes, verify_images=2, scheduler_preset=None if source in ("demo", "demo-dit") else "ddpm-linear"))
         manifest = read_manifest(out, verify=False)
         record = next((p for p in manifest.data["passes"] if p.get("name") == "cache"), None)
         if record is None:

@@ -57,7 +57,8 @@ def main() -> None:
     if not out.exists():
         t0 = time.time()
         compile_model(str(root / "dit-s2-random"), out,
-                      CompileOptions(recipe=Recipe(steps=20, guidance=2.0), passes=[Fixed(refresh)], verify_images=1))
+                      CompileOptions(recipe=Recipe(steps=20, guidance=2.0), passes=[Fixed(refresh)], verify_images=1,
+                                      scheduler_preset="ddpm-linear"))
         print(f"compiled in {time.time() - t0:.0f} s", flush=True)
     print(f"{len(distinct_rows(refresh)[0])} patterns, branches run {refresh.mean():.3f}", flush=True)
     names = {"fp32": "dit-s2-fp32.dmc", "uniform N=2": "dit-s2-uniform_N_2.dmc",

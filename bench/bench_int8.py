@@ -63,7 +63,8 @@ def compile_one(model: str, name: str, kwargs, out: Path, ctx=None) -> dict:
         pipeline.prepare = lambda source, options: copy.deepcopy(ctx)
     t = time.time()
     try:
-        pipeline.compile_model(model, out, pipeline.CompileOptions(recipe=Recipe(steps=20, guidance=2.0), passes=passes))
+        pipeline.compile_model(model, out, pipeline.CompileOptions(recipe=Recipe(steps=20, guidance=2.0), passes=passes,
+                                scheduler_preset=None if model in ("demo", "demo-dit") else "ddpm-linear"))
     finally:
         pipeline.prepare = original
     seconds = time.time() - t
@@ -106,7 +107,8 @@ def quality(args) -> None:
 
     for model in args.models:
         base = None
-        ctx = prepare(model, CompileOptions(recipe=Recipe(steps=20, guidance=2.0)))
+        preset = None if model in ("demo", "demo-dit") else "ddpm-linear"
+        ctx = prepare(model, CompileOptions(recipe=Recipe(steps=20, guidance=2.0), scheduler_preset=preset))
         for name in ["fp32"] + [c for c in args.configs if c != "fp32"]:
             out = WORK / model / name
             # the default config is timed as a real end-to-end compile (export included)
@@ -235,7 +237,7 @@ def latency(args) -> None:
         if kind not in ("demo", "demo-dit") and (
                 args.recompile or not all((d / "full.onnx").exists() for d in dirs.values())):
             t = time.time()
-            ctx = prepare(str(src), CompileOptions(recipe=Recipe(steps=20, guidance=1.0)))
+            ctx = prepare(str(src), CompileOptions(recipe=Recipe(steps=20, guidance=1.0), scheduler_preset="ddpm-linear"))
             print(f"{kind}: exported in {time.time() - t:.0f} s, "
                   f"{sum(p.numel() for p in ctx.loaded.model.parameters()) / 1e6:.1f} M params", flush=True)
             for name, kw in variants.items():

@@ -67,11 +67,15 @@ def test_embedding_conditioned_unet_compiles_and_runs(tmp_path):
     from dmc.runtimes import load
     from dmc.sampling import Recipe
 
-    save_model(tiny_cond_unet(), tmp_path / "cond.safetensors")
+    from dmc.sampling.schedules import PRESETS
+
+    # the training schedule rides in dmc's safetensors metadata (a bare file has none otherwise)
+    save_model(tiny_cond_unet(), tmp_path / "cond.safetensors", scheduler_config=PRESETS["sd15"])
     art = compile_model(str(tmp_path / "cond.safetensors"), tmp_path / "cond.dmc",
                         CompileOptions(recipe=Recipe(steps=3, guidance=3.0), verify_images=2,
                                        scheduler_preset="sd15"))
     m = json.loads((art / "manifest.json").read_text())
+    assert m["training_schedule"] == PRESETS["sd15"] and "metadata" in m["training_schedule_origin"]
     assert m["model"]["conditioning"]["kind"] == "embedding"
     pipe = load(art)
     emb = np.random.default_rng(0).standard_normal((2, 77, 32)).astype(np.float32)
