@@ -92,11 +92,9 @@ def build_model(spec: HubModel, seed: int = 0):
     import diffusers
 
     torch.manual_seed(seed)
-    model = getattr(diffusers, spec.diffusers_class).from_config(spec.config)
-    with torch.no_grad():  # random, not zero-initialised: zero-init output layers would hide wiring mistakes
-        for p in model.parameters():
-            p.copy_(torch.randn_like(p) * 0.3)
-    return model.eval()
+    # diffusers' own random initialisation: realistic activation ranges for INT8 (the FP32 tests check that
+    # every condition reaches the output, which a zero-initialised layer would block)
+    return getattr(diffusers, spec.diffusers_class).from_config(spec.config).eval()
 
 
 def save_layouts(key: str, root: Path) -> dict[str, Path]:

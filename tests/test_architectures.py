@@ -215,30 +215,36 @@ def _check_artifact(path, spec):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("key", ["sd2", "sdxl", "pixart", "sd3", "flux"])
+@pytest.mark.parametrize("key", ["sdxl", "pixart", "sd3", "flux"])  # SD (2.x config): the test below
 def test_fp32_compile_of_each_family(hub, key, tmp_path):
     """Pipeline folder -> artifact, verified by dmc's own verify step; every named condition reaches the graph."""
     spec = HUB_MODELS[key]
     pipe, inputs = _check_artifact(_compile(hub[key]["pipeline"], tmp_path / "a.dmc", spec), spec)
+    rng = np.random.default_rng(0)
+    random = {i["name"]: rng.uniform(0.5, 1.5, i["shape"]).astype(np.float32)
+              for i in inputs if i["dtype"] == "float32"}
+    text = {"encoder_hidden_states": random.pop("encoder_hidden_states")}
     base = pipe.sample(1, seed=0)
     assert base.shape[1:] == tuple(pipe.manifest.sample_shape) and np.isfinite(base).all()
-    for spec_in in inputs:
-        if spec_in["dtype"] != "float32":
-            continue
-        value = np.full(spec_in["shape"], 0.5 if spec_in["default"] is None else 2.0, np.float32)
-        changed = pipe.sample(1, seed=0, conditions={spec_in["name"]: value})
-        assert np.abs(changed - base).max() > 1e-4, spec_in["name"]
+    with_text = pipe.sample(1, seed=0, conditions=text)
+    assert np.abs(with_text - base).max() > 1e-4
+    for name, value in random.items():  # each other condition changes the result (text states fixed)
+        changed = pipe.sample(1, seed=0, conditions={**text, name: value})
+        assert np.abs(changed - with_text).max() > 1e-4, name
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("key", ["sd", "dit"])
+@pytest.mark.parametrize("key", ["sd2", "dit"])
 def test_int8_and_cache_on_a_unet_and_a_transformer_family(hub, key, tmp_path):
     from dmc.cache import CacheConfig
     from dmc.cache.correction import CorrectConfig
     from dmc.quantize import QuantizeConfig
 
     spec = HUB_MODELS[key]
-    passes = [CacheConfig(schedule="uniform", interval=2, num_samples=2),
+    # DiT: BAC (the CLI's default) keeps some branches live in every cached call; a uniform schedule's
+    # all-cached call leaves no layer to quantize
+    schedule = "uniform" if key == "sd2" else "bac"
+    passes = [CacheConfig(schedule=schedule, interval=2, num_samples=2),
               QuantizeConfig(num_samples=8, search_candidates=10, calibration="uniform", uniform_calls=4),
               CorrectConfig()]
     pipe, _ = _check_artifact(_compile(hub[key]["pipeline"], tmp_path / "q.dmc", spec, passes, steps=4), spec)
