@@ -41,6 +41,7 @@ class CompileContext:
     extra_files: dict[str, bytes] = field(default_factory=dict)  # path in artifact -> bytes
     tables: dict[str, np.ndarray] = field(default_factory=dict)  # per-call constants, written to tables.npz
     warnings: list[str] = field(default_factory=list)
+    build_facts: dict = field(default_factory=dict)  # timings etc.: to build.json, never the manifest
 
     def torch_pipeline(self, reference: bool = False):
         """The runtime's sampler loop around torch modules (FP32, or each graph's reference)."""
