@@ -44,6 +44,7 @@ class CompileContext:
     progress: bool = False  # tqdm bars on stderr for long stages
     device: str = "cpu"  # where torch runs calibration and references ("cuda" where torch sees a GPU)
     prompt_conditions: object | None = None  # text-to-image: calibration trajectories run under these prompts
+    build_facts: dict = field(default_factory=dict)  # timings etc.: to build.json, never the manifest
 
     def torch_pipeline(self, reference: bool = False):
         """The runtime's sampler loop around torch modules (FP32, or each graph's reference)."""

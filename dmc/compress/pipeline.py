@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import platform
 import sys
 import time
@@ -137,7 +138,7 @@ def compile_model(source: str, out: str | Path, options: CompileOptions | None =
             manifest["parts"]["verification"] = pipeline_parts.verify_parts(parts, writer.root, manifest)
         if ctx.warnings:
             manifest.setdefault("warnings", list(ctx.warnings))
-        return writer.finish(manifest)
+        return writer.finish(manifest, {**build_log(time.time() - started), **ctx.build_facts})
 
 
 def estimate_artifact_bytes(source: str) -> int:
@@ -194,10 +195,15 @@ def build_manifest(ctx: CompileContext, seconds: float) -> dict:
         "provenance": {
             "dmc": dmc.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
             "diffusers": diffusers.__version__, "python": platform.python_version(),
-            "seed": ctx.recipe.seed, "compile_seconds": round(seconds, 1),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "seed": ctx.recipe.seed,
         },
     }
+
+
+def build_log(seconds: float) -> dict:
+    """Facts that differ between identical builds: kept out of the manifest so it is reproducible."""
+    return {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "compile_seconds": round(seconds, 1),
+            "host": platform.node(), "machine": platform.machine(), "pid": os.getpid()}
 
 
 def _io(value) -> dict:

@@ -152,5 +152,5 @@ def quantize(ctx, cfg: QuantizeConfig) -> None:
         "calibration": cset.summary(n_calls),
         "scale_groups": [[b.start, b.stop - 1] for b in groups],
         "graphs": report,
-        "seconds": round(time.time() - started, 1),
     })
+    ctx.build_facts.setdefault("pass_seconds", {})["quantize"] = round(time.time() - started, 1)
