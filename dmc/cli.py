@@ -90,8 +90,9 @@ def _pass_configs(int8: bool, cache: bool, opts: dict) -> list:
               help="Seconds trajectory recording may take (at least 8 chains are kept; 0 = no bound).")
 @click.option("--scale-groups", type=int, default=1, show_default=True,
               help="Activation-scale groups over the steps (one graph variant each).")
-@click.option("--profile", type=click.Choice(["ort-cpu", "trt"]), default="ort-cpu", show_default=True,
-              help="Q/DQ rules of the target: ort-cpu (fastest here) or trt (TensorRT: symmetric int8).")
+@click.option("--profile", type=click.Choice(["ort-cpu", "trt", "ov-cpu"]), default="ort-cpu", show_default=True,
+              help="Q/DQ rules of the target: ort-cpu (ONNX Runtime), trt (TensorRT: symmetric int8) or "
+                   "ov-cpu (OpenVINO: symmetric int8, private Q/DQ; run with --backend openvino).")
 @click.option("--cache", is_flag=True, help="Feature caching (DeepCache for UNets, block caching for DiTs).")
 @click.option("--cache-schedule", type=click.Choice(["uniform", "dp", "bac"]), default=None,
               help="Refresh schedule: uniform, CacheQuant's dp, or BAC (DiT blocks). Default: the pass's own.")

@@ -8,7 +8,7 @@ from dmc.errors import DmcError
 
 CALIBRATIONS = ("ndtc", "uniform", "noise", "single-step")
 RANGE_METHODS = ("mse", "minmax")
-PROFILE_NAMES = ("ort-cpu", "trt")
+PROFILE_NAMES = ("ort-cpu", "trt", "ov-cpu")
 OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # Policy words accepted in ``keep_float`` (anything else is an fnmatch pattern on the layer name).
 KEEP_FLOAT_WORDS = ("first", "last", "time_embedding")
@@ -31,7 +31,8 @@ class QuantizeConfig:
     scale_groups: K > 1 makes K variants of each graph (``<graph>@g<i>``), each calibrated on its own
         contiguous range of calls; the INT8 weights stay shared (same bytes, deduplicated).
     profile: "ort-cpu" (u8 activations, s8 weights with reduce_range, Q/DQ on layer outputs so ORT fuses
-        QLinearConv) or "trt" (int8 symmetric everywhere, zero point 0, Q/DQ on inputs only).
+        QLinearConv), "trt" (int8 symmetric everywhere, zero point 0, Q/DQ on inputs only) or "ov-cpu"
+        (the trt rules with private Q/DQ, which OpenVINO reproduces; run with ``--backend openvino``).
     op_types: layer types to quantize; MatMul only where B is a constant weight (the attention matmuls
         and softmax always stay float).
     keep_float: float islands: "first" (layer fed by the sample), "last" (layer producing the output),

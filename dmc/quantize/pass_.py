@@ -96,8 +96,10 @@ def quantize(ctx, cfg: QuantizeConfig) -> None:
             if src_prep is not prep:
                 params = _map_by_layer(prep, src_prep, params)
             qmodel = qdq.build_qdq(prep, params, profile, cfg.op_types)
+            if profile.private_dq:
+                qdq.privatize_dq(qmodel, set(prep.layers))
             mismatch = qdq.verify_scales(qmodel, prep, params, profile)
-            ops = ("Gemm", "MatMul") if profile.name == "trt" else ("Conv", "ConvTranspose", "Gemm", "MatMul")
+            ops = ("Gemm", "MatMul") if profile.backend == "tensorrt" else ("Conv", "ConvTranspose", "Gemm", "MatMul")
             weight_only = qdq.add_weight_only(qmodel, prep, ops, cfg.weight_only_islands)
             if mismatch:
                 raise DmcError(f"quantize: ONNX Runtime did not write dmc's scales into {variant}: {mismatch[0]}")
@@ -139,9 +141,9 @@ def quantize(ctx, cfg: QuantizeConfig) -> None:
         call.graph = call_graph[k]
         if len(groups) > 1:
             call.extra = {**call.extra, "scale_group": next(i for i, b in enumerate(groups) if k in b)}
-    if not profile.quantize_outputs:
-        ctx.warnings.append(f"quantize: profile {profile.name} targets TensorRT; ONNX Runtime on CPU runs its "
-                            "Q/DQ graphs mostly in float (INT8 kernels need the ort-cpu profile)")
+    if profile.backend != "onnxruntime":
+        ctx.warnings.append(f"quantize: profile {profile.name} targets {profile.backend}; ONNX Runtime on CPU runs "
+                            "its Q/DQ graphs mostly in float (INT8 kernels there need the ort-cpu profile)")
     ctx.precision = "int8"
     ctx.target = profile.name
     ctx.fidelity_floor_psnr = min(ctx.fidelity_floor_psnr, FIDELITY_FLOOR_PSNR)

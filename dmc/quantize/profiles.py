@@ -9,6 +9,14 @@ DQ -> Conv -> Q into QLinearConv when the output is quantized), Conv / Gemm / we
 scales, per-channel weights (axis 0, axis 1 for ConvTranspose / MatMul B), plain
 QuantizeLinear/DequantizeLinear (opset >= 13) and nothing else, Q/DQ on layer inputs only, biases
 left in float (TensorRT has no int32 dequantize).
+
+``ov-cpu``: what OpenVINO reproduces: the ``trt`` rules (symmetric int8, Q/DQ on layer inputs
+only, float bias) plus *private* Q/DQ: a DequantizeLinear feeds quantized layers only; residual
+adds, norms, concats and shape reads take the float tensor (except beside the quantized layer that
+produced it when that layer has no bias, see ``qdq.privatize_dq``). ONNX Runtime's quantizer shares one DQ
+among every consumer of a tensor; OpenVINO's low-precision transformations propagate such a shared
+dequantize into the float consumers differently from ONNX's Q/DQ semantics (16-18 dB apart on
+the demo UNet, see BENCHMARKS.md #17), while private pairs agree to ~50 dB per call.
 """
 
 from __future__ import annotations
@@ -36,6 +44,8 @@ class Profile:
     quantize_outputs: bool  # Q/DQ on layer outputs too (needed for ORT's QLinearConv fusion)
     quantize_bias: bool  # int32 bias (ORT's QLinearConv wants it; TensorRT cannot take it)
     min_opset: int = 13
+    private_dq: bool = False  # activation DQ outputs feed quantized layers only (float consumers read float)
+    backend: str = "onnxruntime"  # the runtime whose INT8 kernels the profile targets
 
     @property
     def weight_qmax(self) -> int:
@@ -44,7 +54,8 @@ class Profile:
 
 PROFILES = {
     "ort-cpu": Profile("ort-cpu", "uint8", False, True, True, True),
-    "trt": Profile("trt", "int8", True, False, False, False),
+    "trt": Profile("trt", "int8", True, False, False, False, backend="tensorrt"),
+    "ov-cpu": Profile("ov-cpu", "int8", True, False, False, False, private_dq=True, backend="openvino"),
 }
 
 
@@ -174,6 +185,19 @@ def check_profile(model: onnx.ModelProto, profile: str | Profile) -> list[str]:
             what = "output" if from_layer else "tensor"
             problems.append(f"{node.name}: quantizes {what} {t!r}, which is not "
                             f"{'an input or output' if prof.quantize_outputs else 'an input'} of a quantized layer")
+    if prof.private_dq:
+        for node in graph.node:
+            if node.op_type != "DequantizeLinear" or node.input[0] in inits:
+                continue
+            q = producers.get(node.input[0])
+            src = producers.get(q.input[0]) if q is not None else None
+            if src is not None and is_layer(src) and not (src.op_type in ("Conv", "ConvTranspose", "Gemm")
+                                                          and len(src.input) > 2 and src.input[2]):
+                continue  # a bias-free quantized layer's output keeps one shared pair (see qdq.privatize_dq)
+            shared = [c for c in consumers.get(node.output[0], []) if not is_layer(c)]
+            if shared:
+                problems.append(f"{node.name}: dequantized activation also feeds {shared[0].op_type} "
+                                f"{shared[0].name!r} ({prof.name} wants private Q/DQ: float consumers read float)")
     for node in graph.node:
         if node.op_type == "MatMul" and not is_layer(node):
             if all(i in producers and producers[i].op_type == "DequantizeLinear" for i in node.input):

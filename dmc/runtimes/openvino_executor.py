@@ -3,7 +3,10 @@
 FP32 graphs run with ``INFERENCE_PRECISION_HINT=f32`` so OpenVINO does not trade accuracy for
 bf16 on CPUs that have it; Q/DQ graphs are lowered by OpenVINO's low-precision transformations
 (they reproduce ONNX Runtime's results only for the symmetric ``ov-cpu`` profile, see
-``dmc.quantize.profiles``). Native values are numpy arrays: the infer request's output
+``dmc.quantize.profiles``). Dynamic quantization is off: by default OpenVINO's CPU plugin
+quantizes the *activations* of layers with int8-stored weights on the fly (the float islands'
+weight-only int8 Gemms), which moved the demo's per-call output 42 dB away from the graph's
+semantics. Native values are numpy arrays: the infer request's output
 tensors are reused by the next call, so each output is copied once.
 """
 
@@ -35,7 +38,8 @@ class OpenVinoExecutor:
             raise DmcError(f"the openvino backend runs on one device, got {providers}")
         if device not in core.available_devices:
             raise DmcError(f"OpenVINO device {device!r} not available; available: {core.available_devices}")
-        settings = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", **(config or {})}
+        settings = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
+                    "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0, **(config or {})}
         if threads:
             settings["INFERENCE_NUM_THREADS"] = int(threads)
         self.requests, self._inputs, self._outputs = {}, {}, {}
