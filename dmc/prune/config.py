@@ -27,7 +27,7 @@ class PruneConfig:
     method: str = "learned"
     iterations: int = 60
     samples: int = 16
-    batch: int = 4
+    batch: int = 2
     lr: float = 0.2
     dual_lr: float = 0.5
     eval_samples: int = 16

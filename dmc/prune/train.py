@@ -25,7 +25,7 @@ from dmc.sampling.calls import default_labels, initial_noise
 class TrainOptions:
     iterations: int = 60
     samples: int = 16  # fixed pool of (noise, label) pairs, like EcoDiff's ~100 prompts
-    batch: int = 4
+    batch: int = 2
     lr: float = 0.1  # Adam on the logits (EcoDiff's attn/ff lr)
     dual_lr: float = 0.5  # ascent rate of the sparsity multiplier
     rho: float = 10.0  # quadratic (augmented Lagrangian) term: damps the multiplier's overshoot
