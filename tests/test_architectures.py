@@ -234,9 +234,9 @@ def test_fp32_compile_of_each_family(hub, key, tmp_path):
 
 
 @pytest.mark.slow
-# DiT is not here: on this 2-layer DiT, BAC picks calls with every branch cached, and the quantize pass
-# refuses a graph with no layer to quantize (reported; the demo DiT's --int8 --cache is tested elsewhere)
-@pytest.mark.parametrize("key", ["sd2"])
+# DiT: on this 2-layer DiT, BAC picks calls with every branch cached; such a graph has no layer to
+# quantize and stays FP32 (with a warning) while the others run INT8
+@pytest.mark.parametrize("key", ["sd2", "dit"])
 def test_int8_and_cache_on_a_unet_and_a_transformer_family(hub, key, tmp_path):
     from dmc.cache import CacheConfig
     from dmc.cache.correction import CorrectConfig
@@ -251,6 +251,9 @@ def test_int8_and_cache_on_a_unet_and_a_transformer_family(hub, key, tmp_path):
               CorrectConfig()]
     pipe, _ = _check_artifact(_compile(hub[key]["pipeline"], tmp_path / "q.dmc", spec, passes, steps=4), spec)
     done = [p["name"] for p in pipe.manifest.data["passes"]]
-    assert done == ["cache", "quantize", "correct"]
+    # the decoupled error correction exists for DeepCache's shallow graphs; DiT block caching has none yet
+    assert done == (["cache", "quantize", "correct"] if key == "sd2" else ["cache", "quantize"])
     assert pipe.manifest.data["precision"] == "int8"
+    precisions = {g.get("precision") for g in pipe.manifest.graphs.values()}
+    assert "int8" in precisions
     assert len({c.graph for c in pipe.manifest.calls}) >= 2  # full and cached-step graphs both run

@@ -60,6 +60,11 @@ def quantize(ctx, cfg: QuantizeConfig) -> None:
     if not cfg.calibrate_under_schedule and "full" not in ctx.graphs:
         raise DmcError("calibrate_under_schedule=False needs the full graph to record the uncached trajectory")
     prepared = {name: qdq.prepare_graph(g.onnx, cfg, profile) for name, g in sources.items() if name in used}
+    for name in [n for n, p in prepared.items() if not p.layers and n != "full"]:
+        # a cached-step variant whose every quantizable layer is cached away or a float island stays float
+        ctx.warnings.append(f"quantize: graph {name!r} has no layer to quantize (all cached or float islands); "
+                            "it stays FP32")
+        del prepared[name]
     if not cfg.calibrate_under_schedule and "full" not in prepared:
         prepared_full = qdq.prepare_graph(ctx.graphs["full"].onnx, cfg, profile)
     else:
