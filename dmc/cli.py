@@ -87,7 +87,7 @@ def _pass_configs(int8: bool, cache: bool, opts: dict) -> list:
 @click.option("--calib-samples", type=int, default=256, show_default=True,
               help="Most calibration chains (--calib-budget may keep fewer).")
 @click.option("--calib-budget", type=float, default=45.0, show_default=True,
-              help="Seconds trajectory recording may take (at least 8 chains are kept; 0 = no bound).")
+              help="Seconds trajectory recording may take (at least 4 chains are kept; 0 = no bound).")
 @click.option("--scale-groups", type=int, default=1, show_default=True,
               help="Activation-scale groups over the steps (one graph variant each).")
 @click.option("--profile", type=click.Choice(["ort-cpu", "trt", "ov-cpu"]), default="ort-cpu", show_default=True,
@@ -118,6 +118,8 @@ def _pass_configs(int8: bool, cache: bool, opts: dict) -> list:
               help="Where torch runs calibration and verification references (cuda needs a GPU torch sees).")
 @click.option("--verify-images", type=int, default=4, show_default=True,
               help="Images sampled to verify the artifact against torch (after a 1-image check of the first calls).")
+@click.option("--verify-budget", type=float, default=300.0, show_default=True,
+              help="Seconds full-image verification may take: fewer images (at least 1) when slower; 0 = no bound.")
 def compress(model, out, sampler, steps, guidance, seed, config_path, int8, cache, opset, force,
              scheduler_config=None, scheduler_preset=None, **opts):
     """Compile MODEL into an artifact folder (graphs, sampler table, manifest)."""
@@ -129,7 +131,7 @@ def compress(model, out, sampler, steps, guidance, seed, config_path, int8, cach
     options = CompileOptions(recipe=recipe, passes=_pass_configs(int8, cache, opts), config_path=config_path,
                              opset=opset, force=force, progress=True, scheduler_config=scheduler_config,
                              scheduler_preset=scheduler_preset, device=opts["device"],
-                             verify_images=opts["verify_images"])
+                             verify_images=opts["verify_images"], verify_budget_s=opts["verify_budget"] or None)
     if opts.get("size"):
         options.image_size = tuple(opts["size"])
     if opts.get("calib_prompts"):

@@ -191,3 +191,12 @@ def test_int8_compile_end_to_end_under_a_lowered_protobuf_limit(monkeypatch, tmp
     graphs = sorted((out / "graphs").glob("*.onnx"))
     assert graphs and all(p.stat().st_size < (2 << 20) for p in graphs)
     assert load(out)(n=2, seed=0).shape[0] == 2
+
+
+def test_verification_images_fit_the_budget():
+    from dmc.compress.verify_early import images_within_budget
+
+    early = {"of": 20, "seconds_per_image_call": 0.5}  # 20 s per full image (ORT + torch)
+    assert images_within_budget(early, 4, None) == 4
+    assert images_within_budget(early, 4, 45.0) == 2
+    assert images_within_budget(early, 4, 1.0) == 1  # never fewer than one image

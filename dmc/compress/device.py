@@ -29,3 +29,16 @@ def to_device(ctx) -> None:
     """Move the torch side of ``ctx`` (the adapter every graph's module wraps) to ``ctx.device``."""
     if ctx.device != "cpu":
         ctx.adapter.to(ctx.device)
+
+
+# Working memory per model row (torch or ONNX Runtime), taken as the model's FP32 weight bytes: a
+# rough bound (at 64x64 latents an SD 1.5 row needs less, its attention maps included), and what
+# the rows of one batch may use together. Full-size UNets then run one image at a time.
+BATCH_BYTES = 4 << 30
+
+
+def images_per_batch(ctx, most: int) -> int:
+    """Images run together in calibration and verification: ``most``, fewer for big models."""
+    weight_bytes = sum(p.numel() * p.element_size() for p in ctx.adapter.parameters())
+    rows_per_image = 2 if ctx.recipe.guided else 1
+    return int(max(1, min(most, BATCH_BYTES // max(1, weight_bytes * rows_per_image))))

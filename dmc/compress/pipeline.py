@@ -42,6 +42,7 @@ class CompileOptions:
     device: str = "cpu"  # torch side (calibration, references): "cpu" or "cuda"
     image_size: tuple[int, int] | None = None  # --size H W in pixels (shapes are static at that size)
     calib_prompts: list[str] | None = None  # text-to-image calibration prompts (default: dmc.data.prompts)
+    verify_budget_s: float | None = None  # fewer than verify_images when full images would take longer
 
 
 def _log(options: CompileOptions, msg: str) -> None:
@@ -131,7 +132,8 @@ def compile_model(source: str, out: str | Path, options: CompileOptions | None =
             (writer.root / rel).write_bytes(data)
         manifest = build_manifest(ctx, time.time() - started)
         _log(options, "verifying the artifact against torch")
-        manifest["verification"] = verify(ctx, writer.root, manifest, options.verify_images, options.progress)
+        manifest["verification"] = verify(ctx, writer.root, manifest, options.verify_images, options.progress,
+                                          options.verify_budget_s)
         if parts is not None:
             manifest["parts"] = parts.section
             manifest["parts"]["calibration_prompts"] = ctx.prompt_conditions.to_json()
@@ -214,7 +216,8 @@ def _io(value) -> dict:
     return {"name": value.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name, "shape": dims}
 
 
-def verify(ctx: CompileContext, root: Path, manifest: dict, n: int, progress: bool = False) -> dict:
+def verify(ctx: CompileContext, root: Path, manifest: dict, n: int, progress: bool = False,
+           budget_s: float | None = None) -> dict:
     """Sample ``n`` images with the written graphs and with torch; refuse the artifact below the floor.
 
     The torch side computes the same thing the graphs should (each graph's reference module), so this
@@ -231,13 +234,17 @@ def verify(ctx: CompileContext, root: Path, manifest: dict, n: int, progress: bo
     from dmc.runtimes.onnxruntime_executor import OnnxRuntimeExecutor
     from dmc.runtimes.pipeline import Pipeline
 
-    from dmc.compress.verify_early import first_group_check, paired_psnr
+    from dmc.compress.verify_early import first_group_check, images_within_budget, paired_psnr
 
     runtime = Pipeline.from_manifest(manifest_obj, OnnxRuntimeExecutor(manifest_obj, providers=["CPUExecutionProvider"]))
     reference = ctx.torch_pipeline(reference=True)
     early = first_group_check(ctx, runtime, reference, progress)  # raises, with the figure, when far off
-    got = runtime.sample(n, seed=ctx.recipe.seed, progress=progress)
-    want = reference.sample(n, seed=ctx.recipe.seed, progress=progress)
+    n = images_within_budget(early, n, budget_s)
+    from dmc.compress.device import images_per_batch
+
+    batch = images_per_batch(ctx, 16)
+    got = runtime.sample(n, seed=ctx.recipe.seed, progress=progress, batch_size=batch)
+    want = reference.sample(n, seed=ctx.recipe.seed, progress=progress, batch_size=batch)
     for side, images in (("artifact (ONNX Runtime)", got), ("torch reference", want)):
         if not np.isfinite(images).all():
             raise DmcError(f"verification failed: the {side} samples contain non-finite values (NaN or inf); "

@@ -89,17 +89,11 @@ def _merge(parts: list[dict], constants: set) -> dict:
             for name in parts[0]}
 
 
-# Torch working memory per calibration row, taken as the model's FP32 weight bytes (a rough bound:
-# measured peaks per row are below it for SD 1.5 at 64x64 latents and for the 35.7 M UNet at 64x64),
-# and what the rows of one calibration batch may use together.
-TORCH_BATCH_BYTES = 4 << 30
-
-
 def chains_per_batch(ctx, cfg) -> int:
     """Chains run together: ``cfg.batch_size``, fewer where the model is big (memory)."""
-    weight_bytes = sum(p.numel() * p.element_size() for p in ctx.adapter.parameters())
-    rows_per_chain = 2 if ctx.recipe.guided else 1
-    return int(max(1, min(cfg.batch_size, TORCH_BATCH_BYTES // max(1, weight_bytes * rows_per_chain))))
+    from dmc.compress.device import images_per_batch
+
+    return images_per_batch(ctx, max(1, cfg.batch_size))
 
 
 def _within_budget(pipe, wanted: list[list[int]], cfg) -> tuple[list[list[int]], dict]:

@@ -72,7 +72,7 @@ class QuantizeConfig:
     seed: int = 0
     batch_size: int = 64
     calibration_budget_s: float | None = None
-    min_samples: int = 8
+    min_samples: int = 4
 
     def __post_init__(self):
         self.op_types = tuple(self.op_types)
