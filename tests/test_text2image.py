@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from text2image_models import save_sd_pipeline, save_sdxl_pipeline
+from text2image_models import save_pixart_pipeline, save_sd_pipeline, save_sdxl_pipeline
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,12 +48,13 @@ def diffusers_images(pipe_cls, folder, artifact_pipe, prompts, seed, negative=No
 
     from dmc.sampling.calls import initial_noise
 
+    call_kw = {k: kw.pop(k) for k in ("use_resolution_binning", "clean_caption") if k in kw}
     ref = pipe_cls.from_pretrained(folder, **kw)
     ref.set_progress_bar_config(disable=True)
     latents = torch.from_numpy(initial_noise(seed, len(prompts), artifact_pipe.sample_shape))
     h, w = artifact_pipe.image_size
     out = ref(prompts, negative_prompt=negative, num_inference_steps=STEPS, guidance_scale=guidance,
-              latents=latents, height=h, width=w, output_type="np").images
+              latents=latents, height=h, width=w, output_type="np", **call_kw).images
     return np.round(out * 255).astype(np.uint8)
 
 
@@ -221,3 +222,25 @@ def test_int8_calibrates_under_prompt_embeddings(sd_folder, tmp_path, run_cli, m
         assert np.abs(uncond - empty).max() < 1e-4
         assert all(np.abs(want - row).max(axis=1).min() < 1e-4 for row in cond)
     assert pipe(prompt=prompts[0], n=2, seed=0).shape == (2, 16, 16, 3)
+
+
+def test_pixart_t5_matches_diffusers_pipeline(tmp_path_factory):
+    """A transformer family: PixArt-α with a T5 encoder, whose padding mask reaches the transformer."""
+    from diffusers import PixArtAlphaPipeline
+
+    from dmc.runtimes import load
+
+    root = tmp_path_factory.mktemp("t2i-pixart")
+    folder = save_pixart_pipeline(root / "pixart")
+    art = _compile(folder, root / "pixart.dmc")
+    pipe = load(art)
+    parts = json.loads((art / "manifest.json").read_text())["parts"]
+    assert parts["text_encoders"][0]["mask"] and parts["text_encoders"][0]["max_length"] == 120
+    assert parts["conditions"]["encoder_attention_mask"] == [["text_encoder", "attention_mask"]]
+    prompts = ["A red fox in the snow", "a cat"]
+    for negative in (None, "blurry"):
+        got = pipe(prompt=prompts, negative_prompt=negative, seed=1)
+        want = diffusers_images(PixArtAlphaPipeline, folder, pipe, prompts, 1, negative or "", guidance=4.5,
+                                use_resolution_binning=False, clean_caption=False)
+        assert got.shape == want.shape == (2, 16, 16, 3) and want.std() > 10
+        assert psnr(got, want) >= 40

@@ -114,3 +114,41 @@ def save_sdxl_pipeline(root: Path) -> Path:
                                      scheduler=DDIMScheduler(**SCHEDULER))
     pipe.save_pretrained(root, safe_serialization=True)
     return root
+
+
+def t5_tokenizer():
+    """A T5 (unigram) tokenizer over single letters and a few words; other characters map to <unk>."""
+    from transformers import T5Tokenizer
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    pieces += [(c, -3.0) for c in "abcdefghijklmnopqrstuvwxyz0123456789,.!"]
+    pieces += [("▁" + c, -3.5) for c in "abcdefghijklmnopqrstuvwxyz"]
+    pieces += [("▁" + w, -1.0) for w in ("a", "red", "fox", "in", "the", "snow", "cat", "dog", "photo", "of")]
+    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=120)
+
+
+def t5_encoder(vocab: int, dim: int = 12, seed: int = 5):
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    cfg = T5Config(vocab_size=vocab, d_model=dim, d_kv=6, d_ff=2 * dim, num_layers=2, num_heads=2,
+                   relative_attention_num_buckets=8, relative_attention_max_distance=32, feed_forward_proj="gelu_new",
+                   decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    return _randomize(T5EncoderModel(cfg), 0.2)
+
+
+def save_pixart_pipeline(root: Path) -> Path:
+    """A tiny PixArtAlphaPipeline: T5 encoder (12 wide) + tokenizer, PixArt transformer with learned sigma."""
+    from diffusers import DDIMScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
+
+    torch.manual_seed(6)
+    transformer = PixArtTransformer2DModel(sample_size=8, in_channels=4, out_channels=8, patch_size=2, num_layers=2,
+                                           num_attention_heads=2, attention_head_dim=12, cross_attention_dim=24,
+                                           caption_channels=12, norm_type="ada_norm_single", num_embeds_ada_norm=1000,
+                                           norm_elementwise_affine=False, norm_eps=1e-6, activation_fn="gelu-approximate",
+                                           attention_bias=True)
+    tok = t5_tokenizer()
+    pipe = PixArtAlphaPipeline(tokenizer=tok, text_encoder=t5_encoder(len(tok)), vae=vae(),
+                               transformer=_randomize(transformer, 0.2), scheduler=DDIMScheduler(**SCHEDULER))
+    pipe.save_pretrained(root, safe_serialization=True)
+    return root

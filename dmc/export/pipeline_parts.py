@@ -54,6 +54,8 @@ class EncoderSpec:
     part: str  # subfolder of the text encoder
     tokenizer: str  # subfolder of its tokenizer
     outputs: tuple[str, ...]  # keys of TEXT_OUTPUTS
+    mask: bool = False  # the encoder takes the tokenizer's attention_mask (T5 in PixArt)
+    max_length: int | None = None  # the pipeline's own length (PixArt-α: 120), else the tokenizer's
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class PipelineKind:
     negative_flag: str | None = None  # model_index.json key that may switch ``negative`` back to encode
     size_conditions: tuple[str, ...] = ()
     default_guidance: float = 7.5
+    lowercase: bool = False  # the pipeline lower-cases and strips prompts first (PixArt without clean_caption)
 
 
 KINDS = {
@@ -88,6 +91,14 @@ KINDS = {
          "text_embeds": (("text_encoder_2", "text_embeds"),)},
         negative="zeros_if_none", negative_flag="force_zeros_for_empty_prompt", size_conditions=("time_ids",),
         default_guidance=5.0),
+    # T5 states with their padding mask, which the transformer also receives (``attention_mask`` below is
+    # the tokenizer's mask, not an encoder output)
+    "PixArtAlphaPipeline": PipelineKind(
+        "PixArtAlphaPipeline",
+        (EncoderSpec("text_encoder", "tokenizer", ("last_hidden_state",), mask=True, max_length=120),),
+        {"encoder_hidden_states": (("text_encoder", "last_hidden_state"),),
+         "encoder_attention_mask": (("text_encoder", "attention_mask"),)},
+        default_guidance=4.5, lowercase=True),
 }
 
 
@@ -169,8 +180,9 @@ class TextEncoderGraph(nn.Module):
         self.model = model.eval()
         self.outputs = outputs
 
-    def forward(self, input_ids):
-        out = self.model(input_ids=input_ids, output_hidden_states=True, return_dict=True)
+    def forward(self, input_ids, attention_mask=None):
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
+                         return_dict=True)
         return tuple(TEXT_OUTPUTS[name](out, self.model) for name in self.outputs)
 
 
@@ -243,17 +255,20 @@ def build_parts(folder: PipelineFolder, image_size: tuple[int, int], opset: int)
     for enc in kind.encoders:
         model = _load_text_encoder(folder.root / enc.part, _encoder_class(folder, enc.part))
         tok, tok_json = _tokenizer_json(folder.root / enc.tokenizer)
-        max_length = int(min(tok.model_max_length, model.config.max_position_embeddings))
+        max_length = enc.max_length or int(min(tok.model_max_length, model.config.max_position_embeddings))
         graph = TextEncoderGraph(model, enc.outputs)
-        ids = torch.tensor(tok(["a", "a photo"], padding="max_length", max_length=max_length,
-                               truncation=True).input_ids, dtype=torch.int64)
-        parts.graphs[enc.part] = export_onnx(graph, (ids,), ["input_ids"], list(enc.outputs), opset)
+        example = tok(["a", "a photo"], padding="max_length", max_length=max_length, truncation=True)
+        inputs = (torch.tensor(example.input_ids, dtype=torch.int64),)
+        if enc.mask:
+            inputs += (torch.tensor(example.attention_mask, dtype=torch.int64),)
+        names = ["input_ids", "attention_mask"][:len(inputs)]
+        parts.graphs[enc.part] = export_onnx(graph, inputs, names, list(enc.outputs), opset)
         parts.modules[enc.part] = graph
         parts.tokenizers[enc.part] = tok
         rel = f"{TOKENIZER_DIR}/{enc.tokenizer}.json"
         parts.files[rel] = tok_json
         encoders.append({"graph": enc.part, "tokenizer": rel, "max_length": max_length,
-                         "pad_id": int(tok.pad_token_id), "outputs": list(enc.outputs),
+                         "pad_id": int(tok.pad_token_id), "outputs": list(enc.outputs), "mask": enc.mask,
                          "class": type(model).__name__})
     from diffusers import AutoencoderKL
 
@@ -277,6 +292,7 @@ def build_parts(folder: PipelineFolder, image_size: tuple[int, int], opset: int)
         "conditions": {name: [list(src) for src in srcs] for name, srcs in kind.conditions.items()},
         "size_conditions": {name: size_condition(name, h, w) for name in kind.size_conditions},
         "negative": folder.negative,
+        "lowercase": kind.lowercase,
         "default_guidance": kind.default_guidance,
         "vae": {"graph": "vae_decoder", "factor": factor, "scaling_factor": float(cfg.scaling_factor),
                 "shift_factor": None if cfg.get("shift_factor") is None else float(cfg.shift_factor),
@@ -293,6 +309,25 @@ def _computes(name: str) -> str:
     return "VAE decoder: latents -> image" if name == "vae_decoder" else f"{name}: token ids -> text states"
 
 
+def torch_tokenize(parts: Parts, enc: dict, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """What diffusers' pipeline feeds its text encoder (transformers tokenizer, the pipeline's preprocessing)."""
+    if parts.section.get("lowercase"):
+        prompts = [p.lower().strip() for p in prompts]
+    out = parts.tokenizers[enc["graph"]](list(prompts), padding="max_length", max_length=enc["max_length"],
+                                         truncation=True, return_attention_mask=True)
+    return np.asarray(out.input_ids, np.int64), np.asarray(out.attention_mask, np.int64)
+
+
+def torch_encode(parts: Parts, enc: dict, prompts: list[str]) -> dict[str, np.ndarray]:
+    """The torch text encoder's outputs for ``prompts`` (and the tokenizer's ``attention_mask``)."""
+    ids, mask = torch_tokenize(parts, enc, prompts)
+    inputs = (torch.from_numpy(ids),) + ((torch.from_numpy(mask),) if enc.get("mask") else ())
+    with torch.no_grad():
+        values = parts.modules[enc["graph"]](*inputs)
+    return {**{name: v.numpy() for name, v in zip(enc["outputs"], values)},
+            "attention_mask": mask.astype(np.float32)}
+
+
 def verify_parts(parts: Parts, root: Path, manifest: dict, prompts: tuple[str, ...] = CHECK_PROMPTS) -> dict:
     """Each written part graph against its torch module: text encoders on ``prompts``, the decoder on a
     seeded latent. Returns the largest absolute differences; raises below the floor."""
@@ -303,17 +338,16 @@ def verify_parts(parts: Parts, root: Path, manifest: dict, prompts: tuple[str, .
     executor = open_parts(Manifest(root, manifest), "onnxruntime", ["CPUExecutionProvider"], None)
     result = {}
     for enc in manifest["parts"]["text_encoders"]:
-        prompts = list(prompts)
-        ids = Tokenizer(root / enc["tokenizer"], enc["max_length"], enc["pad_id"]).encode(prompts)
-        want_ids = parts.tokenizers[enc["graph"]](prompts, padding="max_length", max_length=enc["max_length"],
-                                                  truncation=True).input_ids
-        if not np.array_equal(ids, np.asarray(want_ids)):
+        prompts = [p.lower().strip() for p in prompts] if manifest["parts"].get("lowercase") else list(prompts)
+        ids, mask = Tokenizer(root / enc["tokenizer"], enc["max_length"], enc["pad_id"]).encode_with_mask(prompts)
+        want_ids, want_mask = torch_tokenize(parts, enc, prompts)
+        if not (np.array_equal(ids, want_ids) and np.array_equal(mask, want_mask)):
             raise DmcError(f"verification failed: the shipped {enc['graph']} tokenizer disagrees with transformers "
                            "on the check prompts; nothing was written")
-        got = executor.run(enc["graph"], {"input_ids": ids})
-        with torch.no_grad():
-            want = parts.modules[enc["graph"]](torch.from_numpy(ids))
-        result[enc["graph"]] = max(float(np.abs(executor.to_numpy(g) - w.numpy()).max()) for g, w in zip(got, want))
+        got = executor.run(enc["graph"], {"input_ids": ids, **({"attention_mask": mask} if enc.get("mask") else {})})
+        want = torch_encode(parts, enc, prompts)
+        result[enc["graph"]] = max(float(np.abs(executor.to_numpy(g) - want[name]).max())
+                                   for g, name in zip(got, enc["outputs"]))
     vae = manifest["parts"]["vae"]
     spec = manifest["parts"]["graphs"]["vae_decoder"]["inputs"][0]["shape"]
     latent = np.random.default_rng(0).standard_normal((2, *spec[1:]), dtype=np.float32)
@@ -382,11 +416,7 @@ class PromptConditions:
         section = parts.section
         outs = {}
         for enc in section["text_encoders"]:
-            ids = parts.tokenizers[enc["graph"]](prompts, padding="max_length", max_length=enc["max_length"],
-                                                 truncation=True).input_ids
-            with torch.no_grad():
-                values = parts.modules[enc["graph"]](torch.tensor(ids, dtype=torch.int64))
-            outs.update({(enc["graph"], name): v.numpy() for name, v in zip(enc["outputs"], values)})
+            outs.update({(enc["graph"], k): v for k, v in torch_encode(parts, enc, prompts).items()})
         return {cond: np.concatenate([outs[(g, o)] for g, o in sources], axis=-1).astype(np.float32)
                 for cond, sources in section["conditions"].items()}
 

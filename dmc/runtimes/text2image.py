@@ -84,13 +84,16 @@ class TextToImage:
 
     def encode(self, prompts: list[str], batch_size: int = 16) -> dict[str, np.ndarray]:
         """Backbone conditioning inputs for ``prompts``: ``{input name: [n, ...] float32}``."""
+        if self.parts.get("lowercase"):
+            prompts = [p.lower().strip() for p in prompts]
         outputs: dict[tuple[str, str], list[np.ndarray]] = {}
         for enc in self.parts["text_encoders"]:
             for start in range(0, len(prompts), batch_size):
-                ids = self.tokenizers[enc["graph"]].encode(prompts[start:start + batch_size])
-                values = self.executor.run(enc["graph"], {"input_ids": ids})
-                for name, value in zip(enc["outputs"], values):
-                    outputs.setdefault((enc["graph"], name), []).append(self.executor.to_numpy(value))
+                ids, mask = self.tokenizers[enc["graph"]].encode_with_mask(prompts[start:start + batch_size])
+                feeds = {"input_ids": ids, **({"attention_mask": mask} if enc.get("mask") else {})}
+                values = [self.executor.to_numpy(v) for v in self.executor.run(enc["graph"], feeds)]
+                for name, value in zip(enc["outputs"] + ["attention_mask"], values + [mask.astype(np.float32)]):
+                    outputs.setdefault((enc["graph"], name), []).append(value)
         return {cond: np.concatenate([np.concatenate(outputs[(g, o)]) for g, o in sources], axis=-1)
                 .astype(np.float32, copy=False) for cond, sources in self.parts["conditions"].items()}
 

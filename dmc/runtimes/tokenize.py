@@ -31,5 +31,11 @@ class Tokenizer:
 
     def encode(self, prompts: list[str]) -> np.ndarray:
         """``[len(prompts), max_length]`` int64 token ids (special tokens added, padded, truncated)."""
+        return self.encode_with_mask(prompts)[0]
+
+    def encode_with_mask(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids and the attention mask (1 = token, 0 = padding), both ``[n, max_length]`` int64."""
         encodings = self.tokenizer.encode_batch(list(prompts))
-        return np.array([e.ids for e in encodings], dtype=np.int64).reshape(len(prompts), self.max_length)
+        shape = (len(prompts), self.max_length)
+        ids = np.array([e.ids for e in encodings], dtype=np.int64).reshape(shape)
+        return ids, np.array([e.attention_mask for e in encodings], dtype=np.int64).reshape(shape)
