@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from dmc.errors import DmcError
+from dmc.export.opsets import DEFAULT_OPSET, SUPPORTED_OPSETS
 
 EPILOG_COMPRESS = """\b
 Examples:
@@ -57,24 +58,25 @@ def _pass_configs(int8: bool, cache: bool, opts: dict) -> list:
 @click.argument("model")
 @click.option("--out", "-o", type=click.Path(), help="Artifact folder to write (default: <model>.dmc).")
 @click.option("--sampler", type=click.Choice(["ddim", "dpm++2m"]), default="ddim", show_default=True)
-@click.option("--steps", type=int, default=20, show_default=True, help="Model calls per image.")
+@click.option("--steps", type=click.IntRange(1, 1000), default=20, show_default=True, help="Model calls per image.")
 @click.option("--guidance", type=float, default=None,
               help="Classifier-free guidance scale (default 2.0 for class-conditional models, else off).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for calibration and verification.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed for calibration and verification.")
 @click.option("--config", "config_path", type=click.Path(), help="config.json for a bare .safetensors.")
 @click.option("--int8", is_flag=True, help="PTQ4DM timestep-aware W8A8 quantization.")
 @click.option("--calibration", type=click.Choice(["ndtc", "uniform", "noise", "single-step"]), default="ndtc",
               show_default=True, help="Calibration set for --int8.")
-@click.option("--calib-samples", type=int, default=256, show_default=True)
-@click.option("--scale-groups", type=int, default=1, show_default=True,
+@click.option("--calib-samples", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--scale-groups", type=click.IntRange(min=1), default=1, show_default=True,
               help="Activation-scale groups over the steps (one graph variant each).")
 @click.option("--profile", type=click.Choice(["ort-cpu", "trt"]), default="ort-cpu", show_default=True,
               help="Q/DQ rules of the target: ort-cpu (fastest here) or trt (TensorRT: symmetric int8).")
 @click.option("--cache", is_flag=True, help="Feature caching (DeepCache for UNets, block caching for DiTs).")
 @click.option("--cache-schedule", type=click.Choice(["uniform", "dp", "bac"]), default=None,
               help="Refresh schedule: uniform, CacheQuant's dp, or BAC (DiT blocks). Default: the pass's own.")
-@click.option("--cache-interval", type=int, default=None, help="N: about one full call in N (default 3).")
-@click.option("--opset", type=int, default=18, show_default=True)
+@click.option("--cache-interval", type=click.IntRange(min=1), default=None, help="N: about one full call in N (default 3).")
+@click.option("--opset", type=click.Choice([str(o) for o in SUPPORTED_OPSETS]), default=str(DEFAULT_OPSET),
+              show_default=True, help="ONNX opset of the exported graphs.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 def compress(model, out, sampler, steps, guidance, seed, config_path, int8, cache, opset, force, **opts):
     """Compile MODEL into an artifact folder (graphs, sampler table, manifest)."""
@@ -84,7 +86,7 @@ def compress(model, out, sampler, steps, guidance, seed, config_path, int8, cach
     out = out or f"{Path(model.rstrip('/')).stem}.dmc"
     recipe = Recipe(sampler=sampler, steps=steps, guidance=guidance, seed=seed)
     options = CompileOptions(recipe=recipe, passes=_pass_configs(int8, cache, opts), config_path=config_path,
-                             opset=opset, force=force, progress=True)
+                             opset=int(opset), force=force, progress=True)
     path = compile_model(model, out, options)
     manifest = json.loads((Path(path) / "manifest.json").read_text())
     for w in manifest.get("warnings", []):
@@ -96,12 +98,12 @@ def compress(model, out, sampler, steps, guidance, seed, config_path, int8, cach
 
 @cli.command()
 @click.argument("artifact", type=click.Path())
-@click.option("--n", "n", type=int, default=20, show_default=True, help="Number of images.")
-@click.option("--seed", type=int, default=None, help="Seed (default: the artifact's recipe seed).")
+@click.option("--n", "n", type=click.IntRange(min=1), default=20, show_default=True, help="Number of images.")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed (default: the artifact's recipe seed).")
 @click.option("--class-label", type=int, default=None, help="One class for all images (default: cycle classes).")
 @click.option("--out", "-o", type=click.Path(), default="samples.png", show_default=True)
 @click.option("--provider", multiple=True, help="ONNX Runtime provider(s), e.g. CUDAExecutionProvider.")
-@click.option("--threads", type=int, default=None, help="Intra-op threads (default: all cores).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads (default: all cores).")
 def run(artifact, n, seed, class_label, out, provider, threads):
     """Sample N images from ARTIFACT (no torch) and write them as a PNG grid.
 

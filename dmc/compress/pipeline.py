@@ -17,7 +17,7 @@ from dmc.compress.context import CompileContext, GraphVariant
 from dmc.compress.passes import run_passes
 from dmc.errors import DmcError
 from dmc.export.graphs import write_graphs
-from dmc.export.onnx_export import DEFAULT_OPSET, export_onnx
+from dmc.export.onnx_export import DEFAULT_OPSET, check_opset, export_onnx
 from dmc.models.adapters import make_adapter
 from dmc.models.loading import load_model
 from dmc.sampling.compile import compile_calls
@@ -81,6 +81,7 @@ def reference_pipeline(source: str, recipe: Recipe, config_path: str | None = No
 
 def compile_model(source: str, out: str | Path, options: CompileOptions | None = None) -> Path:
     options = options or CompileOptions()
+    check_opset(options.opset)
     started = time.time()
     # claim the output, check it is writable with room to spare, before any work
     writer = ArtifactWriter(out, overwrite=options.force, need_bytes=estimate_artifact_bytes(source))
@@ -185,7 +186,7 @@ def verify(ctx: CompileContext, root: Path, manifest: dict, n: int) -> dict:
     from dmc.runtimes import load
 
     (root / MANIFEST).write_text(json.dumps({"format": "dmc-artifact", "format_version": 1, **manifest,
-                                             "files": {"manifest.json": ""}}))
+                                             "files": {}}))
     manifest_obj = read_manifest(root, verify=False)
     from dmc.runtimes.onnxruntime_executor import OnnxRuntimeExecutor
     from dmc.runtimes.pipeline import Pipeline

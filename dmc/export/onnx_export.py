@@ -11,8 +11,7 @@ import onnx
 import torch
 
 from dmc.errors import DmcError
-
-DEFAULT_OPSET = 18
+from dmc.export.opsets import DEFAULT_OPSET, check_opset  # noqa: F401 (re-exported)
 
 
 def export_onnx(module: torch.nn.Module, example_inputs: tuple, input_names: list[str],
