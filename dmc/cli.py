@@ -34,26 +34,6 @@ def cli() -> None:
     """
 
 
-def _pass_configs(int8: bool, cache: bool, opts: dict) -> list:
-    passes = []
-    if cache:
-        from dmc.cache import CacheConfig
-
-        kw = {"schedule": opts["cache_schedule"], "interval": opts["cache_interval"]}
-        passes.append(CacheConfig(**{k: v for k, v in kw.items() if v is not None}))
-    if int8:
-        from dmc.quantize import QuantizeConfig
-
-        kw = {"calibration": opts["calibration"], "num_samples": opts["calib_samples"],
-              "scale_groups": opts["scale_groups"], "profile": opts["profile"]}
-        passes.append(QuantizeConfig(**kw))
-    if cache and int8:  # CacheQuant's quantization correction, fitted after both passes
-        from dmc.cache.correction import CorrectConfig
-
-        passes.append(CorrectConfig())
-    return passes
-
-
 @cli.command(epilog=EPILOG_COMPRESS)
 @click.argument("model")
 @click.option("--out", "-o", type=click.Path(), help="Artifact folder to write (default: <model>.dmc).")
@@ -85,7 +65,10 @@ def compress(model, out, sampler, steps, guidance, seed, config_path, int8, cach
 
     out = out or f"{Path(model.rstrip('/')).stem}.dmc"
     recipe = Recipe(sampler=sampler, steps=steps, guidance=guidance, seed=seed)
-    options = CompileOptions(recipe=recipe, passes=_pass_configs(int8, cache, opts), config_path=config_path,
+    from dmc.compress.plan import plan_passes
+
+    passes = plan_passes(int8=int8, cache=cache, seed=seed, **opts)
+    options = CompileOptions(recipe=recipe, passes=passes, config_path=config_path,
                              opset=int(opset), force=force, progress=True)
     path = compile_model(model, out, options)
     manifest = json.loads((Path(path) / "manifest.json").read_text())

@@ -89,7 +89,9 @@ def compile_model(source: str, out: str | Path, options: CompileOptions | None =
         _log(options, f"loading {source} and exporting ONNX")
         ctx = prepare(source, options)
         if options.passes:
-            run_passes(ctx, options.passes)
+            from dmc.compress.plan import complete_plan, with_seed
+
+            run_passes(ctx, with_seed(complete_plan(options.passes), options.recipe.seed))
         _log(options, "writing graphs")
         write_graphs({n: g.onnx for n, g in ctx.graphs.items()}, writer.root / "graphs")
         if ctx.tables:
@@ -152,6 +154,7 @@ def build_manifest(ctx: CompileContext, seconds: float) -> dict:
         "precision": ctx.precision,
         "target": ctx.target,
         "passes": ctx.passes,
+        "warnings": list(ctx.warnings),
         "provenance": {
             "dmc": dmc.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
             "diffusers": diffusers.__version__, "python": platform.python_version(),
