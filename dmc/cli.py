@@ -15,6 +15,7 @@ from dmc.errors import DmcError
 from dmc.runtimes.executor import BACKENDS as _BACKENDS
 from dmc.sampling.schedules import PRESETS
 from dmc.sampling.solvers import SOLVERS
+from dmc.export.opsets import DEFAULT_OPSET, SUPPORTED_OPSETS
 
 EPILOG_COMPRESS = """\b
 Examples:
@@ -38,44 +39,16 @@ def cli() -> None:
     """
 
 
-def _pass_configs(int8: bool, cache: bool, opts: dict) -> list:
-    passes = []
-    if opts.get("prune") is not None:
-        from dmc.prune import PruneConfig
-
-        kw = {"ratio": opts["prune"], "align": opts["prune_align"], "method": opts["prune_method"],
-              "iterations": opts["prune_iterations"], "samples": opts["prune_samples"]}
-        passes.append(PruneConfig(**{k: v for k, v in kw.items() if v is not None}))
-    if cache:
-        from dmc.cache import CacheConfig
-
-        kw = {"schedule": opts["cache_schedule"], "interval": opts["cache_interval"],
-              "method": opts.get("cache_method"), "order": opts.get("forecast_order")}
-        passes.append(CacheConfig(**{k: v for k, v in kw.items() if v is not None}))
-    if int8:
-        from dmc.quantize import QuantizeConfig
-
-        kw = {"calibration": opts["calibration"], "num_samples": opts["calib_samples"],
-              "scale_groups": opts["scale_groups"], "profile": opts["profile"],
-              "calibration_budget_s": opts["calib_budget"] or None}
-        passes.append(QuantizeConfig(**kw))
-    if cache and int8:  # CacheQuant's quantization correction, fitted after both passes
-        from dmc.cache.correction import CorrectConfig
-
-        passes.append(CorrectConfig())
-    return passes
-
-
 @cli.command(epilog=EPILOG_COMPRESS)
 @click.argument("model")
 @click.option("--out", "-o", type=click.Path(), help="Artifact folder to write (default: <model>.dmc).")
 @click.option("--sampler", type=click.Choice(list(SOLVERS)), default="ddim", show_default=True,
               help="Compiled solver (README: samplers); flow-* for SD3/Flux-type models.")
-@click.option("--steps", type=int, default=20, show_default=True,
+@click.option("--steps", type=click.IntRange(1, 1000), default=20, show_default=True,
               help="Scheduler steps N: N model calls (heun: 2N-1, plms: N+1, pndm: N+9).")
 @click.option("--guidance", type=float, default=None,
               help="Classifier-free guidance scale (default 2.0 for class-conditional models, else off).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for calibration and verification.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed for calibration and verification.")
 @click.option("--config", "config_path", type=click.Path(), help="config.json for a bare .safetensors.")
 @click.option("--scheduler-config", type=click.Path(),
               help="The training schedule (a diffusers scheduler_config.json) for a bare model.")
@@ -84,11 +57,11 @@ def _pass_configs(int8: bool, cache: bool, opts: dict) -> list:
 @click.option("--int8", is_flag=True, help="PTQ4DM timestep-aware W8A8 quantization.")
 @click.option("--calibration", type=click.Choice(["ndtc", "uniform", "noise", "single-step"]), default="ndtc",
               show_default=True, help="Calibration set for --int8.")
-@click.option("--calib-samples", type=int, default=256, show_default=True,
+@click.option("--calib-samples", type=click.IntRange(min=1), default=256, show_default=True,
               help="Most calibration chains (--calib-budget may keep fewer).")
 @click.option("--calib-budget", type=float, default=45.0, show_default=True,
               help="Seconds trajectory recording may take (at least 4 chains are kept; 0 = no bound).")
-@click.option("--scale-groups", type=int, default=1, show_default=True,
+@click.option("--scale-groups", type=click.IntRange(min=1), default=1, show_default=True,
               help="Activation-scale groups over the steps (one graph variant each).")
 @click.option("--profile", type=click.Choice(["ort-cpu", "trt", "ov-cpu"]), default="ort-cpu", show_default=True,
               help="Q/DQ rules of the target: ort-cpu (ONNX Runtime), trt (TensorRT: symmetric int8) or "
@@ -96,7 +69,7 @@ def _pass_configs(int8: bool, cache: bool, opts: dict) -> list:
 @click.option("--cache", is_flag=True, help="Feature caching (DeepCache for UNets, block caching for DiTs).")
 @click.option("--cache-schedule", type=click.Choice(["uniform", "dp", "bac"]), default=None,
               help="Refresh schedule: uniform, CacheQuant's dp, or BAC (DiT blocks). Default: the pass's own.")
-@click.option("--cache-interval", type=int, default=None, help="N: about one full call in N (default 3).")
+@click.option("--cache-interval", type=click.IntRange(min=1), default=None, help="N: about one full call in N (default 3).")
 @click.option("--size", type=int, nargs=2, default=None, metavar="H W",
               help="Image size in pixels (static shapes; default: the model's own).")
 @click.option("--calib-prompts", type=click.Path(), default=None,
@@ -112,7 +85,8 @@ def _pass_configs(int8: bool, cache: bool, opts: dict) -> list:
               help="learned: masks trained through the sampler; magnitude(-layer): L1 baselines (global / per layer).")
 @click.option("--prune-iterations", type=int, default=None, help="Mask-training iterations (default 60).")
 @click.option("--prune-samples", type=int, default=None, help="Noise/label pairs the masks train on (default 16).")
-@click.option("--opset", type=int, default=18, show_default=True)
+@click.option("--opset", type=click.Choice([str(o) for o in SUPPORTED_OPSETS]), default=str(DEFAULT_OPSET),
+              show_default=True, help="ONNX opset of the exported graphs.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="Where torch runs calibration and verification references (cuda needs a GPU torch sees).")
@@ -128,8 +102,10 @@ def compress(model, out, sampler, steps, guidance, seed, config_path, int8, cach
 
     out = out or f"{Path(model.rstrip('/')).stem}.dmc"
     recipe = Recipe(sampler=sampler, steps=steps, guidance=guidance, seed=seed)
-    options = CompileOptions(recipe=recipe, passes=_pass_configs(int8, cache, opts), config_path=config_path,
-                             opset=opset, force=force, progress=True, scheduler_config=scheduler_config,
+    from dmc.compress.plan import plan_from_options
+
+    options = CompileOptions(recipe=recipe, passes=plan_from_options(int8, cache, seed, opts), config_path=config_path,
+                             opset=int(opset), force=force, progress=True, scheduler_config=scheduler_config,
                              scheduler_preset=scheduler_preset, device=opts["device"],
                              verify_images=opts["verify_images"], verify_budget_s=opts["verify_budget"] or None)
     if opts.get("size"):
@@ -149,8 +125,8 @@ def compress(model, out, sampler, steps, guidance, seed, config_path, int8, cach
 
 @cli.command()
 @click.argument("artifact", type=click.Path())
-@click.option("--n", "n", type=int, default=None, help="Number of images (default 20; one per --prompt).")
-@click.option("--seed", type=int, default=None, help="Seed (default: the artifact's recipe seed).")
+@click.option("--n", "n", type=click.IntRange(min=1), default=None, help="Number of images (default 20; one per --prompt).")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed (default: the artifact's recipe seed).")
 @click.option("--class-label", type=int, default=None, help="One class for all images (default: cycle classes).")
 @click.option("--prompt", "prompts", multiple=True, help="Text-to-image: a prompt (repeat for several).")
 @click.option("--negative-prompt", default=None, help="Text-to-image: the negative prompt.")
@@ -159,7 +135,7 @@ def compress(model, out, sampler, steps, guidance, seed, config_path, int8, cach
               help="Also write the final latents to this .npy (the only output of a backbone-only latent model).")
 @click.option("--out", "-o", type=click.Path(), default="samples.png", show_default=True)
 @click.option("--provider", multiple=True, help="ONNX Runtime provider(s), e.g. CUDAExecutionProvider.")
-@click.option("--threads", type=int, default=None, help="Intra-op threads (default: all cores).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads (default: all cores).")
 @click.option("--backend", type=click.Choice(list(_BACKENDS)), default="onnxruntime", show_default=True,
               help="Runtime that executes the graphs (see dmc.runtimes.executor.BACKENDS).")
 def run(artifact, n, seed, class_label, out, provider, threads, backend, prompts=(), negative_prompt=None,

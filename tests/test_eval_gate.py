@@ -45,7 +45,9 @@ def test_identical_measurements_pass():
 def test_quality_regressions_fail(current, failing):
     result = check(_eval(), _eval(**current), Thresholds())
     assert not result["passed"] and _status(result)[failing] == "failed"
-    assert [n for n, s in _status(result).items() if s == "failed"] == [failing]
+    also = {"min_psnr": ["psnr_drop"]}.get(failing, [])  # a PSNR below the floor is also a drop vs the baseline
+    assert [n for n, s in _status(result).items() if s == "failed"] == [failing, *also] or \
+        sorted(n for n, s in _status(result).items() if s == "failed") == sorted([failing, *also])
 
 
 def test_latency_limit_uses_tolerance_or_measured_noise():
@@ -95,9 +97,9 @@ def test_junit_is_valid_with_one_testcase_per_threshold(tmp_path):
     write_junit(result, path)
     suite = ET.parse(path).getroot().find("testsuite")
     cases = {c.get("name"): c for c in suite.iter("testcase")}
-    assert set(cases) == {"fd_increase", "min_psnr", "min_psnr_worst", "accuracy_drop", "latency_ratio"}
+    assert set(cases) == {"fd_increase", "min_psnr", "min_psnr_worst", "accuracy_drop", "psnr_drop", "latency_ratio"}
     assert cases["fd_increase"].find("failure") is not None and cases["latency_ratio"].find("skipped") is not None
-    assert suite.get("tests") == "5" and suite.get("failures") == "1" and suite.get("skipped") == "1"
+    assert suite.get("tests") == "6" and suite.get("failures") == "1" and suite.get("skipped") == "1"
 
 
 def test_check_cli_reads_pyproject_in_current_directory(tmp_path, monkeypatch):

@@ -84,16 +84,42 @@ def read_manifest(path: str | Path, verify: bool = True) -> Manifest:
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ArtifactError(f"{root}: artifact format version {version!r} is newer than this runtime "
                             f"understands ({FORMAT_VERSION}); upgrade dmc")
+    validate_schema(data, root)
     manifest = Manifest(root, data)
     if verify:
         verify_files(manifest)
     return manifest
 
 
+_SCHEMA = None
+SCHEMA_FILE = "manifest.schema.json"
+BUILD_LOG = "build.json"  # the build log: the one file an artifact may hold beyond its manifest's list
+
+
+def validate_schema(data: dict, root: Path) -> None:
+    """Check ``data`` against the JSON Schema shipped with the package (manifest.schema.json)."""
+    global _SCHEMA
+    import jsonschema
+
+    if _SCHEMA is None:
+        _SCHEMA = json.loads((Path(__file__).with_name(SCHEMA_FILE)).read_text())
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(_SCHEMA).iter_errors(data))
+    if error is not None:
+        where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise ArtifactError(f"{root}/{MANIFEST}: invalid at {where}: {error.message[:200]}")
+
+
 def verify_files(manifest: Manifest) -> None:
     files = manifest.data.get("files") or {}
     if not files:
         raise ArtifactError(f"{manifest.root}: manifest lists no files to verify")
+    allowed = set(files) | {MANIFEST, BUILD_LOG}
+    for path in sorted(manifest.root.rglob("*")):
+        rel = path.relative_to(manifest.root).as_posix()
+        if path.is_symlink():
+            raise ArtifactError(f"{manifest.root}: {rel} is a symlink; artifacts hold plain files only")
+        if path.is_file() and rel not in allowed:
+            raise ArtifactError(f"{manifest.root}: {rel} is not listed in the manifest; remove it or rebuild")
     for rel, digest in files.items():
         path = manifest.root / rel
         if ".." in Path(rel).parts or Path(rel).is_absolute():

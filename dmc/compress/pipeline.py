@@ -17,7 +17,7 @@ from dmc.compress.context import CompileContext, GraphVariant
 from dmc.compress.passes import run_passes
 from dmc.errors import DmcError
 from dmc.export.graphs import write_graphs
-from dmc.export.onnx_export import DEFAULT_OPSET, export_onnx
+from dmc.export.onnx_export import DEFAULT_OPSET, check_opset, export_onnx
 from dmc.models.adapters import make_adapter
 from dmc.models.families import refuse_unsupported_passes
 from dmc.models.loading import inspect_source, load_model
@@ -100,6 +100,7 @@ def reference_pipeline(source: str, recipe: Recipe, config_path: str | None = No
 
 def compile_model(source: str, out: str | Path, options: CompileOptions | None = None) -> Path:
     options = options or CompileOptions()
+    check_opset(options.opset)
     started = time.time()
     # claim the output, check it is writable with room to spare, before any work
     writer = ArtifactWriter(out, overwrite=options.force, need_bytes=estimate_artifact_bytes(source))
@@ -120,7 +121,9 @@ def compile_model(source: str, out: str | Path, options: CompileOptions | None =
             ctx.extra_files.update(parts.files)
             ctx.prompt_conditions = pipeline_parts.calibration_conditions(parts, options.calib_prompts)
         if options.passes:
-            run_passes(ctx, options.passes)
+            from dmc.compress.plan import complete_plan, with_seed
+
+            run_passes(ctx, with_seed(complete_plan(options.passes), options.recipe.seed))
         _log(options, "writing graphs")
         # release: the in-memory graphs drop their weight bytes once written (verify reads the files)
         write_graphs({**{n: g.onnx for n, g in ctx.graphs.items()}, **(parts.graphs if parts else {})},
@@ -194,6 +197,7 @@ def build_manifest(ctx: CompileContext, seconds: float) -> dict:
         "precision": ctx.precision,
         "target": ctx.target,
         "passes": ctx.passes,
+        "warnings": list(ctx.warnings),
         "provenance": {
             "dmc": dmc.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
             "diffusers": diffusers.__version__, "python": platform.python_version(),
@@ -229,7 +233,7 @@ def verify(ctx: CompileContext, root: Path, manifest: dict, n: int, progress: bo
     from dmc.runtimes import load
 
     (root / MANIFEST).write_text(json.dumps({"format": "dmc-artifact", "format_version": 1, **manifest,
-                                             "files": {"manifest.json": ""}}))
+                                             "files": {}}))
     manifest_obj = read_manifest(root, verify=False)
     from dmc.runtimes.onnxruntime_executor import OnnxRuntimeExecutor
     from dmc.runtimes.pipeline import Pipeline

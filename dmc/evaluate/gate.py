@@ -36,6 +36,11 @@ class Thresholds:
     min_psnr_worst: float | None = None
     min_ssim: float | None = None
     max_accuracy_drop: float | None = 0.05
+    # Regression against the baseline's own PSNR (paired, vs the torch reference): fail when the current
+    # mean drops more than this many dB below it. Above ``psnr_ceiling`` PSNR is float noise, so the
+    # baseline counts as at most that (a 100 dB -> 70 dB rebuild is not a regression, 100 -> 40 is).
+    max_psnr_drop: float | None = 10.0
+    psnr_ceiling: float = 60.0
     max_latency_ratio: float | None = 1.10
     latency_tolerance: float = 0.10
 
@@ -177,6 +182,8 @@ def check(baseline: dict, current: dict, thresholds: Thresholds) -> dict:
             rows.append(_row(name, metric, b, c, limit, ">=", "skipped", "needs eval results in the current document"))
         else:
             rows.append(_row(name, metric, b, c, limit, ">=", "passed" if c >= limit else "failed"))
+    if t.max_psnr_drop is not None:
+        rows.append(_psnr_drop_row(be, ce, t))
     if t.max_accuracy_drop is not None:
         b, c = _get(be, "classifier", "accuracy"), _get(ce, "classifier", "accuracy")
         if b is None or c is None:
@@ -190,6 +197,19 @@ def check(baseline: dict, current: dict, thresholds: Thresholds) -> dict:
         rows.append(_latency_row(bb, cb, t))
     failed = [r for r in rows if r["status"] == "failed"]
     return {"passed": not failed, "checks": rows, "notes": notes, "thresholds": asdict(t)}
+
+
+def _psnr_drop_row(be: dict | None, ce: dict | None, t: Thresholds) -> dict:
+    metric = "PSNR drop vs the baseline's (dB)"
+    b, c = _get(be, "paired", "psnr_mean"), _get(ce, "paired", "psnr_mean")
+    if b is None or c is None:
+        return _row("psnr_drop", metric, b, c, t.max_psnr_drop, "<=", "skipped",
+                    "needs paired eval results in both documents")
+    drop = min(b, t.psnr_ceiling) - c
+    ok = drop <= t.max_psnr_drop  # NaN fails
+    return _row("psnr_drop", metric, b, c, t.max_psnr_drop, "<=", "passed" if ok else "failed",
+                f"PSNR {b:.1f} -> {c:.1f} dB: {drop:.1f} dB below the baseline (counted at most "
+                f"{t.psnr_ceiling:g} dB), limit {t.max_psnr_drop:g} dB") | {"value": drop}
 
 
 def _latency_row(bb: dict | None, cb: dict | None, t: Thresholds) -> dict:

@@ -11,8 +11,8 @@ import onnx
 import torch
 
 from dmc.errors import DmcError
+from dmc.export.opsets import DEFAULT_OPSET, check_opset  # noqa: F401 (re-exported)
 
-DEFAULT_OPSET = 18
 MAX_TRACE_BATCH = 63
 
 

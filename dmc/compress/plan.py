@@ -1,0 +1,67 @@
+"""The plan of passes, decided in one place for the CLI and the Python API.
+
+``plan_passes`` turns high-level options into pass configs; ``complete_plan`` adds the passes that
+others imply (INT8 with a cache adds CacheQuant's decoupled error correction), so a Python caller that
+lists only a cache and a quantize config gets the same artifact as ``dmc compress --int8 --cache``.
+The execution order itself is the registry's (``passes.ORDER``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+def plan_passes(int8: bool = False, cache: bool = False, seed: int = 0, prune: float | None = None,
+                prune_align: int | None = None, prune_method: str | None = None,
+                prune_iterations: int | None = None, prune_samples: int | None = None,
+                cache_schedule: str | None = None, cache_interval: int | None = None,
+                cache_method: str | None = None, forecast_order: int | None = None,
+                calibration: str = "ndtc", calib_samples: int = 256, calib_budget: float | None = None,
+                scale_groups: int = 1, profile: str = "ort-cpu") -> list:
+    """Pass configs for the high-level options (``None``: the config's own default)."""
+    passes = []
+    if prune is not None:
+        from dmc.prune import PruneConfig
+
+        kw = {"ratio": prune, "align": prune_align, "method": prune_method, "iterations": prune_iterations,
+              "samples": prune_samples}
+        passes.append(PruneConfig(**{k: v for k, v in kw.items() if v is not None}))
+    if cache:
+        from dmc.cache import CacheConfig
+
+        kw = {"schedule": cache_schedule, "interval": cache_interval, "method": cache_method,
+              "order": forecast_order}
+        passes.append(CacheConfig(**{k: v for k, v in kw.items() if v is not None}))
+    if int8:
+        from dmc.quantize import QuantizeConfig
+
+        passes.append(QuantizeConfig(calibration=calibration, num_samples=calib_samples,
+                                     scale_groups=scale_groups, profile=profile, seed=seed,
+                                     calibration_budget_s=calib_budget or None))
+    return complete_plan(passes)
+
+
+def plan_from_options(int8: bool, cache: bool, seed: int, options: dict) -> list:
+    """``plan_passes`` over the subset of ``options`` (e.g. a CLI's) that names its parameters."""
+    import inspect
+
+    names = set(inspect.signature(plan_passes).parameters) - {"int8", "cache", "seed"}
+    return plan_passes(int8=int8, cache=cache, seed=seed, **{k: v for k, v in options.items() if k in names})
+
+
+def complete_plan(configs: list) -> list:
+    """``configs`` plus the passes they imply (each added once)."""
+    from dmc.cache import CacheConfig
+    from dmc.cache.correction import CorrectConfig
+    from dmc.quantize import QuantizeConfig
+
+    kinds = {type(c) for c in configs}
+    if CacheConfig in kinds and QuantizeConfig in kinds and CorrectConfig not in kinds:
+        configs = [*configs, CorrectConfig()]  # CacheQuant's correction, fitted after both passes
+    return configs
+
+
+def with_seed(configs: list, seed: int) -> list:
+    """Configs whose ``seed`` is left at the default 0 follow the recipe's seed (``--seed``)."""
+    return [dataclasses.replace(c, seed=seed) if dataclasses.is_dataclass(c) and hasattr(c, "seed")
+            and c.seed == 0 else c for c in configs]

@@ -1,0 +1,28 @@
+"""Issue 14 item 4: `dmc check` compares with the baseline's own value, not only absolute floors."""
+
+from dmc.evaluate.gate import Thresholds, check, format_table
+
+
+def doc(psnr):
+    return {"format": "dmc-eval", "n": 16, "seed": 0, "paired": {"psnr_mean": psnr, "psnr_worst": psnr - 3}}
+
+
+def test_psnr_drop_against_the_baseline_fails_the_noisy_rebuild():
+    # the issue's figures: a rebuild from weights with 3 % noise, paired PSNR 100 dB -> 39.7 dB
+    result = check(doc(100.0), doc(39.7), Thresholds())
+    assert not result["passed"]
+    row = next(r for r in result["checks"] if r["name"] == "psnr_drop")
+    assert row["status"] == "failed"
+    table = format_table(result)
+    assert "psnr_drop" in table and "FAILED" in table and "20.3 dB" in table
+
+
+def test_identical_rebuild_passes():
+    result = check(doc(100.0), doc(100.0), Thresholds())
+    assert result["passed"], format_table(result)
+    assert any(r["name"] == "psnr_drop" and r["status"] == "passed" for r in result["checks"])
+
+
+def test_psnr_drop_is_overridable():
+    assert check(doc(100.0), doc(39.7), Thresholds(max_psnr_drop=30.0))["passed"]
+    assert check(doc(45.0), doc(39.7), Thresholds())["passed"]  # a 5.3 dB drop is within the default

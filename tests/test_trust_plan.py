@@ -1,0 +1,59 @@
+"""Issue 14 item 6: the plan of passes in compress/, --seed reaching the quantizer, warnings kept."""
+
+import json
+
+import pytest
+
+
+def test_int8_with_cache_implies_correction_for_api_users():
+    from dmc.cache import CacheConfig
+    from dmc.cache.correction import CorrectConfig
+    from dmc.compress.plan import complete_plan
+    from dmc.quantize import QuantizeConfig
+
+    plan = complete_plan([CacheConfig(), QuantizeConfig()])
+    assert [type(c) for c in plan] == [CacheConfig, QuantizeConfig, CorrectConfig]
+    assert complete_plan(plan) == plan  # added once
+    assert [type(c) for c in complete_plan([QuantizeConfig()])] == [QuantizeConfig]
+
+
+def test_cli_seed_reaches_the_quantize_config(tmp_path, monkeypatch, run_cli):
+    from dmc.compress import pipeline
+
+    seen = {}
+
+    def capture(source, out, options):
+        seen["passes"] = options.passes
+        raise SystemExit(0)
+
+    monkeypatch.setattr(pipeline, "compile_model", capture)
+    run_cli("compress", "demo", "--out", tmp_path / "x.dmc", "--int8", "--cache", "--seed", "7")
+    quant = [c for c in seen["passes"] if type(c).__name__ == "QuantizeConfig"]
+    assert quant and quant[0].seed == 7
+    assert [type(c).__name__ for c in seen["passes"]][-1] == "CorrectConfig"
+
+
+def test_with_seed_follows_the_recipe():
+    from dmc.compress.plan import with_seed
+    from dmc.quantize import QuantizeConfig
+
+    assert with_seed([QuantizeConfig()], 5)[0].seed == 5
+    assert with_seed([QuantizeConfig(seed=3)], 5)[0].seed == 3
+
+
+@pytest.mark.slow
+def test_pass_warnings_reach_the_manifest_and_the_terminal(tmp_path, monkeypatch, run_cli):
+    from dmc.compress import pipeline
+
+    real = pipeline.prepare
+
+    def warn(*a, **k):
+        ctx = real(*a, **k)
+        ctx.warnings.append("INT8 coverage is low (test)")
+        return ctx
+
+    monkeypatch.setattr(pipeline, "prepare", warn)
+    code, _, err = run_cli("compress", "demo", "--out", tmp_path / "w.dmc", "--steps", "2")
+    assert code == 0, err
+    assert json.loads((tmp_path / "w.dmc" / "manifest.json").read_text())["warnings"] == ["INT8 coverage is low (test)"]
+    assert "dmc: warning: INT8 coverage is low (test)" in err
