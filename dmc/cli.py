@@ -170,6 +170,12 @@ def _register_optional_commands() -> None:
     cli.add_command(report_cmd, "report")
 
 
+def _register_engine_command() -> None:
+    from dmc.engines.cli import build_engine_cmd  # TensorRT itself is imported only when it runs
+
+    cli.add_command(build_engine_cmd, "build-engine")
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(f"dmc: warning: {message}", file=sys.stderr)
 
@@ -177,6 +183,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 def main(argv=None) -> None:
     """Console entry point: user errors become one line on stderr and a non-zero exit."""
     _register_optional_commands()
+    _register_engine_command()
     warnings.showwarning = _show_warning
     try:
         cli.main(args=argv, prog_name="dmc", standalone_mode=False)

@@ -9,7 +9,7 @@ from dmc.artifact import read_manifest
 
 # Each pass package may offer `describe(manifest) -> dict`; imported lazily so a runtime-only
 # install (no torch) can still inspect what it can.
-DESCRIBERS = ("dmc.quantize", "dmc.cache")
+DESCRIBERS = ("dmc.quantize", "dmc.cache", "dmc.engines")
 
 
 def describe(artifact: str | Path, schedule_png: str | None = None) -> dict:
@@ -79,6 +79,9 @@ def format_text(info: dict) -> str:
         lines.append(f"int8       {name:<12} {g.get('summary', '')}  [{g.get('profile')} profile {check}]")
     for line in (info.get("cache") or {}).get("text", []):
         lines.append(line)
+    for folder, e in (info.get("engines") or {}).items():  # TensorRT engines built by `dmc build-engine`
+        for variant, g in (e.get("engines") or {"-": {"summary": e.get("error", "")}}).items():
+            lines.append(f"engine     {folder} {variant:<12} {g['summary']}")
     return "\n".join(lines)
 
 
