@@ -101,7 +101,7 @@ def compress(model, out, sampler, steps, guidance, seed, config_path, int8, cach
 @click.option("--seed", type=int, default=None, help="Seed (default: the artifact's recipe seed).")
 @click.option("--class-label", type=int, default=None, help="One class for all images (default: cycle classes).")
 @click.option("--out", "-o", type=click.Path(), default="samples.png", show_default=True)
-@click.option("--provider", multiple=True, help="ONNX Runtime provider(s), e.g. CUDAExecutionProvider.")
+@click.option("--provider", multiple=True, help="ONNX Runtime provider(s): cuda, tensorrt, cpu or a full name.")
 @click.option("--threads", type=int, default=None, help="Intra-op threads (default: all cores).")
 @click.option("--backend", type=click.Choice(list(_BACKENDS)), default="onnxruntime", show_default=True,
               help="Runtime that executes the graphs (see dmc.runtimes.executor.BACKENDS).")
@@ -115,7 +115,13 @@ def run(artifact, n, seed, class_label, out, provider, threads, backend):
     from dmc.runtimes import load
     from dmc.runtimes.images import save_grid
 
-    pipe = load(artifact, backend=backend, providers=list(provider) or None, threads=threads)
+    providers = None
+    if provider:  # short names cuda|tensorrt|cpu get their options (TensorRT EP caches next to the artifact)
+        from dmc.artifact import read_manifest
+        from dmc.runtimes.ort_providers import provider_list
+
+        providers = provider_list(list(provider), artifact, read_manifest(artifact, verify=False).data.get("precision") == "int8")
+    pipe = load(artifact, backend=backend, providers=providers, threads=threads)
     images = pipe(n=n, seed=seed, class_labels=class_label, progress=True)
     cols = 10 if pipe.cond["kind"] == "class" and n >= 10 else math.ceil(math.sqrt(n))
     save_grid(images, out, cols=cols)

@@ -218,3 +218,99 @@ def test_inspect_shows_engine_precision(run_cli, int8_artifact):
     code, out, err = run_cli("inspect", int8_artifact)
     assert code == 0, err
     assert "engine     sm87-trt10.3.0 tiny" in out and "int8 1/1 intended layers" in out
+
+
+# --- ONNX Runtime GPU providers -------------------------------------------------------------
+
+def test_tensorrt_ep_options_int8_caches_next_to_artifact_fp16_only_when_asked(tmp_path):
+    from dmc.runtimes.ort_providers import cache_dir, provider_list
+
+    art = tmp_path / "a.dmc"
+    plist = provider_list(["tensorrt"], art, int8=True)
+    name, opts = plist[0]
+    assert name == "TensorrtExecutionProvider" and plist[1:] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert opts["trt_int8_enable"] == "True" and "trt_fp16_enable" not in opts
+    assert opts["trt_engine_cache_enable"] == "True"
+    assert Path(opts["trt_engine_cache_path"]).parent == cache_dir(art) == tmp_path / "a.dmc.ortcache"
+    assert Path(opts["trt_timing_cache_path"]).parent == cache_dir(art)
+    _, opts = provider_list(["tensorrt"], art, int8=False, fp16=True)[0]
+    assert opts["trt_fp16_enable"] == "True" and "trt_int8_enable" not in opts
+    assert provider_list(["cuda", "cpu"], art, int8=False) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    with pytest.raises(DmcError, match="unknown provider 'tpu'"):
+        provider_list(["tpu"], art, int8=False)
+
+
+def test_fallback_detected_per_graph():
+    from types import SimpleNamespace
+
+    from dmc.runtimes.ort_providers import fallbacks
+
+    sessions = {"full": SimpleNamespace(get_providers=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]),
+                "shallow": SimpleNamespace(get_providers=lambda: ["CPUExecutionProvider"])}
+    assert fallbacks(["CUDAExecutionProvider", "CPUExecutionProvider"], sessions) == {"shallow": ["CUDAExecutionProvider"]}
+
+
+def test_run_with_unavailable_provider_is_a_clear_one_line_error(run_cli, demo_artifact, tmp_path):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("CUDA EP present here")
+    code, out, err = run_cli("run", demo_artifact, "--n", "1", "--provider", "cuda", "--out", tmp_path / "x.png")
+    assert code != 0 and "CUDAExecutionProvider" in err and "not available" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "x.png").exists()
+
+
+# --- the TensorRT executor (stand-in engines run their ONNX graph with ORT on a fake device memory) ----
+
+def test_tensorrt_executor_shares_activation_memory_and_matches_onnxruntime(fp32_artifact):
+    from dmc.artifact import read_manifest
+    from dmc.runtimes import load
+    from dmc.runtimes.executor import Executor
+    from dmc.runtimes.pipeline import Pipeline
+    from dmc.runtimes.tensorrt_executor import DeviceTensor, TensorRtExecutor
+    from tests.fakes.fake_tensorrt import FakeDeviceMemory
+
+    _build(fp32_artifact, images=2)
+    trt, loaders, record = make_fake("10.3.0")
+    mem = FakeDeviceMemory()
+    manifest = read_manifest(fp32_artifact)
+    ex = TensorRtExecutor(manifest, backend=(trt, loaders), cuda=mem, key=KEY)
+    assert isinstance(ex, Executor)
+    for ctx in record.contexts:
+        ctx.memory = mem
+        assert ctx.strategy.name == "USER_MANAGED" and ctx.device_memory == ex.shared_memory
+    assert len({c.device_memory for c in record.contexts}) == 1
+    got = Pipeline.from_manifest(manifest, ex)(n=2, seed=3, batch_size=ex.images_per_call)
+    want = load(fp32_artifact)(n=2, seed=3)
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+    out = ex.run("full", {n: np.zeros((4,) + tuple(s["shape"][1:]), np.float32 if s["dtype"] == "float32" else np.int64)
+                          for s in manifest.graphs["full"]["inputs"] for n in [s["name"]]})
+    assert isinstance(out[0], DeviceTensor)
+    sets = record.contexts[0].address_sets
+    ex.run("full", {s["name"]: np.zeros((4,) + tuple(s["shape"][1:]), np.float32 if s["dtype"] == "float32" else np.int64)
+                    for s in manifest.graphs["full"]["inputs"]})
+    assert record.contexts[0].address_sets == sets  # same buffers: no re-binding
+
+
+def test_tensorrt_executor_refuses_engines_of_another_gpu(fp32_artifact):
+    from dmc.artifact import read_manifest
+    from dmc.runtimes.tensorrt_executor import TensorRtExecutor
+    from tests.fakes.fake_tensorrt import FakeDeviceMemory
+
+    _build(fp32_artifact)
+    trt, loaders, _ = make_fake("10.3.0")
+    with pytest.raises(DmcError, match="rebuild with `dmc build-engine"):
+        TensorRtExecutor(read_manifest(fp32_artifact), backend=(trt, loaders), cuda=FakeDeviceMemory(),
+                         key=keys.EngineKey("9.0", "10.3.0"))
+
+
+@pytest.mark.gpu
+def test_real_tensorrt_build_and_run(fp32_artifact):
+    pytest.importorskip("tensorrt", reason="TensorRT is not installed (not installable in this workplace)")
+    from dmc.runtimes import load
+
+    data = build_engines(fp32_artifact, BuildOptions(images=1))
+    assert data["engines"]
+    images = load(fp32_artifact, backend="tensorrt")(n=1, seed=0, batch_size=1)
+    ref = load(fp32_artifact)(n=1, seed=0)
+    assert np.abs(images.astype(int) - ref.astype(int)).max() <= 2

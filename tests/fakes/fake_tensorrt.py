@@ -38,6 +38,7 @@ class FakeDeviceMemory:
         self.blocks: dict[int, np.ndarray] = {}
         self._next = 1 << 20
         self.allocations = 0
+        self.stream_handle = 0
 
     def malloc(self, nbytes: int) -> int:
         ptr = self._next
