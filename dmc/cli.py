@@ -122,7 +122,8 @@ def run(artifact, n, seed, class_label, out, provider, threads, backend):
 
         providers = provider_list(list(provider), artifact, read_manifest(artifact, verify=False).data.get("precision") == "int8")
     pipe = load(artifact, backend=backend, providers=providers, threads=threads)
-    images = pipe(n=n, seed=seed, class_labels=class_label, progress=True)
+    chunk = getattr(pipe.executor, "images_per_call", None)  # TensorRT engines are tuned for this many images
+    images = pipe(n=n, seed=seed, class_labels=class_label, progress=True, **({"batch_size": chunk} if chunk else {}))
     cols = 10 if pipe.cond["kind"] == "class" and n >= 10 else math.ceil(math.sqrt(n))
     save_grid(images, out, cols=cols)
     click.echo(f"wrote {out} ({n} images, {images.shape[1]}x{images.shape[2]})")

@@ -83,10 +83,10 @@ def build_engines(artifact: str | Path, opts: BuildOptions, backend=None, key: k
     plans = plan_engines(manifest, opts.images)
     if opts.require_int8 and not any(p.int8 for p in plans):
         raise DmcError(f"{artifact}: --require-int8 but the artifact has no INT8 graphs (compile with --int8 "
-                       "--int8-profile trt)")
+                       "--profile trt)")
     if any(p.int8 for p in plans) and manifest.data.get("target") != "trt":
         warnings.warn(f"{artifact}: INT8 graphs were compiled for target {manifest.data.get('target')!r}, not "
-                      "'trt'; TensorRT wants the trt Q/DQ profile (--int8-profile trt)", stacklevel=2)
+                      "'trt'; TensorRT wants the trt Q/DQ profile (--profile trt)", stacklevel=2)
     final = artifact / keys.ENGINES_DIR / key.dirname
     final.parent.mkdir(exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key.dirname}-", dir=final.parent))

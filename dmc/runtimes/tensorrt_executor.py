@@ -6,9 +6,9 @@
 - Outputs live in device buffers owned by the executor and are returned as ``DeviceTensor``s, so
   cached tensors feed the next graph without a host round trip; a variant's input/output addresses
   are bound once per buffer set and reused (``set_tensor_address`` only when a pointer changes).
-- Where shapes are static (every full chunk of ``images_per_call``), each variant's enqueue can be
-  captured once as a CUDA graph and replayed (``cuda_graphs=True``; needs cuda-python). The numpy
-  sampler update runs on host between calls, so capture is per call, not of the whole loop.
+- Not done yet: CUDA-graph capture. Shapes are static for every full chunk of ``images_per_call``,
+  so each variant's ``execute_async_v3`` could be captured once and replayed; the numpy sampler
+  update runs on host between calls, so capture could only be per call, not of the whole loop.
 """
 
 from __future__ import annotations
