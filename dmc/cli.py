@@ -134,7 +134,7 @@ def compress(model, out, sampler, steps, guidance, seed, config_path, int8, cach
 @click.option("--latents", "latents_path", type=click.Path(), default=None,
               help="Also write the final latents to this .npy (the only output of a backbone-only latent model).")
 @click.option("--out", "-o", type=click.Path(), default="samples.png", show_default=True)
-@click.option("--provider", multiple=True, help="ONNX Runtime provider(s), e.g. CUDAExecutionProvider.")
+@click.option("--provider", multiple=True, help="ONNX Runtime provider(s): cuda, tensorrt, cpu or a full name.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads (default: all cores).")
 @click.option("--backend", type=click.Choice(list(_BACKENDS)), default="onnxruntime", show_default=True,
               help="Runtime that executes the graphs (see dmc.runtimes.executor.BACKENDS).")
@@ -151,10 +151,18 @@ def run(artifact, n, seed, class_label, out, provider, threads, backend, prompts
     from dmc.runtimes import load
     from dmc.runtimes.images import save_grid
 
+    providers = None
+    if provider:  # short names cuda|tensorrt|cpu get their options (TensorRT EP caches next to the artifact)
+        from dmc.artifact import read_manifest
+        from dmc.runtimes.ort_providers import provider_list
+
+        providers = provider_list(list(provider), artifact, read_manifest(artifact, verify=False).data.get("precision") == "int8")
+    pipe = load(artifact, backend=backend, providers=providers, threads=threads)
+    chunk = getattr(pipe.executor, "images_per_call", None)  # TensorRT engines are tuned for this many images
     from dmc.runtimes.text2image import sample_for_cli
 
-    pipe = load(artifact, backend=backend, providers=list(provider) or None, threads=threads)
-    images = sample_for_cli(pipe, n, seed, class_label, prompts, negative_prompt, guidance, latents_path)
+    images = sample_for_cli(pipe, n, seed, class_label, prompts, negative_prompt, guidance, latents_path,
+                            batch_size=chunk or 16)
     if images is None:
         click.echo(f"wrote {latents_path} (latents; this artifact has no VAE decoder)")
         return
@@ -212,6 +220,12 @@ def _register_optional_commands() -> None:
     cli.add_command(report_cmd, "report")
 
 
+def _register_engine_command() -> None:
+    from dmc.engines.cli import build_engine_cmd  # TensorRT itself is imported only when it runs
+
+    cli.add_command(build_engine_cmd, "build-engine")
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(f"dmc: warning: {message}", file=sys.stderr)
 
@@ -219,6 +233,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 def main(argv=None) -> None:
     """Console entry point: user errors become one line on stderr and a non-zero exit."""
     _register_optional_commands()
+    _register_engine_command()
     warnings.showwarning = _show_warning
     try:
         cli.main(args=argv, prog_name="dmc", standalone_mode=False)

@@ -10,7 +10,7 @@ from dmc.sampling.solvers import table_lines, table_rows
 
 # Each pass package may offer `describe(manifest) -> dict`; imported lazily so a runtime-only
 # install (no torch) can still inspect what it can.
-DESCRIBERS = ("dmc.quantize", "dmc.cache", "dmc.prune")
+DESCRIBERS = ("dmc.quantize", "dmc.cache", "dmc.prune", "dmc.engines")
 
 
 def describe(artifact: str | Path, schedule_png: str | None = None) -> dict:
@@ -88,6 +88,9 @@ def format_text(info: dict) -> str:
     for line in (info.get("cache") or {}).get("text", []):
         lines.append(line)
     lines += (info.get("prune") or {}).get("text", [])
+    for folder, e in (info.get("engines") or {}).items():  # TensorRT engines built by `dmc build-engine`
+        for variant, g in (e.get("engines") or {"-": {"summary": e.get("error", "")}}).items():
+            lines.append(f"engine     {folder} {variant:<12} {g['summary']}")
     return "\n".join(lines)
 
 

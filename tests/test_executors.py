@@ -16,7 +16,10 @@ HAVE_OPENVINO = importlib.util.find_spec("openvino") is not None
 
 
 def available_backends():
-    return [b for b in BACKENDS if b != "openvino" or HAVE_OPENVINO]
+    import importlib.util
+
+    have_trt = importlib.util.find_spec("tensorrt") is not None  # TensorRT backend: only with TensorRT and a GPU
+    return [b for b in BACKENDS if (b != "openvino" or HAVE_OPENVINO) and (b != "tensorrt" or have_trt)]
 
 
 class _Opaque:

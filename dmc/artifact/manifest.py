@@ -94,6 +94,7 @@ def read_manifest(path: str | Path, verify: bool = True) -> Manifest:
 _SCHEMA = None
 SCHEMA_FILE = "manifest.schema.json"
 BUILD_LOG = "build.json"  # the build log: the one file an artifact may hold beyond its manifest's list
+ENGINES_DIR = "engines"  # TensorRT engines built on the target: verified by their own engines.json
 
 
 def validate_schema(data: dict, root: Path) -> None:
@@ -118,6 +119,8 @@ def verify_files(manifest: Manifest) -> None:
         rel = path.relative_to(manifest.root).as_posix()
         if path.is_symlink():
             raise ArtifactError(f"{manifest.root}: {rel} is a symlink; artifacts hold plain files only")
+        if rel.split("/", 1)[0] == ENGINES_DIR:
+            continue  # dmc.engines.keys.find_engines checks these against engines/<key>/engines.json
         if path.is_file() and rel not in allowed:
             raise ArtifactError(f"{manifest.root}: {rel} is not listed in the manifest; remove it or rebuild")
     for rel, digest in files.items():

@@ -24,6 +24,7 @@ from dmc.errors import DmcError
 BACKENDS: dict[str, str] = {
     "onnxruntime": "dmc.runtimes.onnxruntime_executor:OnnxRuntimeExecutor",
     "openvino": "dmc.runtimes.openvino_executor:OpenVinoExecutor",
+    "tensorrt": "dmc.runtimes.tensorrt_executor:TensorRtExecutor",
 }
 
 

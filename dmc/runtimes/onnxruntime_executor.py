@@ -39,7 +39,9 @@ class OnnxRuntimeExecutor:
                  io_binding: bool | None = None, session_config: dict[str, str] | None = None):
         ort = _ort()
         requested = providers or default_providers()
-        unknown = [p for p in requested if p not in ort.get_available_providers()]
+        from dmc.runtimes.ort_providers import fallbacks, provider_name
+
+        unknown = [provider_name(p) for p in requested if provider_name(p) not in ort.get_available_providers()]
         if unknown:
             raise DmcError(f"requested provider(s) {unknown} not available; available: "
                            f"{ort.get_available_providers()}")
@@ -60,9 +62,9 @@ class OnnxRuntimeExecutor:
             self.sessions[name] = session
         # A provider that fails to load (missing CUDA libraries) falls back silently: say so.
         active = next(iter(self.sessions.values())).get_providers() if self.sessions else []
-        missing = [p for p in requested if p not in active]
-        if missing:
-            warnings.warn(f"ONNX Runtime fell back from {missing} to {active}", stacklevel=2)
+        for graph, missing in fallbacks(requested, self.sessions).items():  # checked for every part
+            warnings.warn(f"ONNX Runtime fell back from {missing} to {self.sessions[graph].get_providers()} "
+                          f"for graph {graph}", stacklevel=2)
         self.providers = active
         self.device = next((_DEVICE_OF_PROVIDER[p] for p in active if p in _DEVICE_OF_PROVIDER), "cpu")
         self.io_binding = self.device != "cpu" if io_binding is None else io_binding

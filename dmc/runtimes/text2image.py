@@ -192,7 +192,7 @@ def save_latents(latents: np.ndarray, path: str | Path) -> None:
 
 
 def sample_for_cli(pipe, n: int | None, seed, class_label, prompts: tuple, negative, guidance,
-                   latents_path, progress: bool = True) -> np.ndarray | None:
+                   latents_path, progress: bool = True, batch_size: int = 16) -> np.ndarray | None:
     """What ``dmc run`` does: uint8 images to write (or None when only latents were asked for a
     backbone-only latent artifact). Refuses, with one line, to draw latents as if they were pixels."""
     from dmc.runtimes.pipeline import to_uint8
@@ -213,7 +213,7 @@ def sample_for_cli(pipe, n: int | None, seed, class_label, prompts: tuple, negat
                        f"{pipe.recipe.guidance}")
     if latent_without_decoder(pipe.manifest) and not latents_path:
         raise DmcError(LATENT_REFUSAL)
-    samples = pipe.sample(n or 20, seed, class_labels=class_label, progress=progress)
+    samples = pipe.sample(n or 20, seed, class_labels=class_label, progress=progress, batch_size=batch_size)
     if latents_path:
         save_latents(samples, latents_path)
         if latent_without_decoder(pipe.manifest):
