@@ -101,7 +101,7 @@ def run_compile(source: Path, out: Path, extra: list[str], timeout: float) -> di
     wall = time.time() - t
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     peak = [int(ln.split("=")[1]) for ln in lines if ln.startswith("DMC_PEAK_KB=")]
-    other = [ln for ln in lines if not ln.startswith("DMC_PEAK_KB=")]
+    other = [ln for ln in lines if not ln.startswith(("DMC_PEAK_KB=", "Command exited", "Command terminated"))]
     return {"command": " ".join(["dmc", *cmd[3:]]), "exit": rc, "wall_s": round(wall, 1),
             "peak_rss_gb": round(peak[0] * 1024 / 1e9, 2) if peak else None,
             "last_stderr": other[-1][-300:] if other else ""}
