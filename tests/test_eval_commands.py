@@ -145,7 +145,7 @@ def test_check_json_files_and_exit_codes(built, tmp_path):
     base.write_text(res.stdout)
     _run(check_cmd, ["--baseline", base, cur, "--config", tmp_path / "none.toml"], code=1)
     res = _run(check_cmd, ["--baseline", base, cur, "--min-psnr", 1, "--max-fd-increase", "off",
-                           "--max-accuracy-drop", "off", "--config", tmp_path / "none.toml", "--json"], code=0)
+                           "--max-accuracy-drop", "off", "--max-psnr-drop", "off", "--config", tmp_path / "none.toml", "--json"], code=0)
     result = json.loads(res.stdout)  # the table went to stderr
     assert result["passed"] and "PASSED" in res.stderr
     assert {r["name"]: r["status"] for r in result["checks"]} == {"min_psnr": "passed", "latency_ratio": "skipped"}

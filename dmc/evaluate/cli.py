@@ -204,6 +204,8 @@ def _features_spec(eval_doc: dict) -> str | None:
 @click.option("--min-psnr-worst", type=LIMIT, default=None, help="Min PSNR (dB) of the worst image.")
 @click.option("--min-ssim", type=LIMIT, default=None, help="Min mean SSIM vs the reference.")
 @click.option("--max-accuracy-drop", type=LIMIT, default=None, help="Max drop of classifier accuracy.")
+@click.option("--max-psnr-drop", type=LIMIT, default=None,
+              help="Max drop (dB) of mean PSNR below the baseline's own (capped at psnr_ceiling).")
 @click.option("--max-latency-ratio", type=LIMIT, default=None, help="Max current/baseline time per image.")
 @click.option("--latency-tolerance", type=float, default=None,
               help="Relative tolerance on the latency ratio (the measured noise is used when larger).")
@@ -226,7 +228,7 @@ def _features_spec(eval_doc: dict) -> str | None:
 @click.option("--json", "as_json", is_flag=True, help="Print the check result as one JSON document.")
 @click.pass_context
 def check_cmd(ctx, current, baselines, write_baseline, max_fd_increase, min_psnr, min_psnr_worst, min_ssim,
-              max_accuracy_drop, max_latency_ratio, latency_tolerance, config, junit, reference, n, seed,
+              max_accuracy_drop, max_psnr_drop, max_latency_ratio, latency_tolerance, config, junit, reference, n, seed,
               features, repeats, threads, vs, no_eval, no_bench, no_memory, as_json):
     """Fail (exit 1) when CURRENT regresses against --baseline.
 
@@ -271,7 +273,7 @@ def check_cmd(ctx, current, baselines, write_baseline, max_fd_increase, min_psnr
             return
         raise DmcError("--baseline BASELINE.json is required (or --write-baseline PATH to create one)")
     overrides = {"max_fd_increase": max_fd_increase, "min_psnr": min_psnr, "min_psnr_worst": min_psnr_worst,
-                 "min_ssim": min_ssim, "max_accuracy_drop": max_accuracy_drop,
+                 "min_ssim": min_ssim, "max_accuracy_drop": max_accuracy_drop, "max_psnr_drop": max_psnr_drop,
                  "max_latency_ratio": max_latency_ratio, "latency_tolerance": latency_tolerance}
     thresholds, source = load_thresholds(overrides, config)
     result = check(baseline, doc, thresholds)
