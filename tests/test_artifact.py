@@ -16,7 +16,7 @@ from dmc.errors import ArtifactError, DmcError
 def test_manifest_lists_every_file_with_checksum(demo_artifact):
     m = read_manifest(demo_artifact)
     files = {p.relative_to(demo_artifact).as_posix() for p in demo_artifact.rglob("*") if p.is_file()}
-    assert set(m.data["files"]) == files - {"manifest.json"}
+    assert set(m.data["files"]) == files - {"manifest.json", "build.json"}  # build.json: the unchecked build log
     assert m.data["format_version"] == FORMAT_VERSION
     assert len(m.calls) == 10 and m.data["recipe"]["steps"] == 10
     for key in ("torch", "onnx", "dmc", "seed"):

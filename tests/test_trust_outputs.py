@@ -7,7 +7,7 @@ from collections import namedtuple
 
 import pytest
 
-from dmc.artifact import ArtifactWriter, read_manifest
+from dmc.artifact import ArtifactWriter
 from dmc.errors import DmcError
 
 MINI = {"model": {}, "recipe": {}}
@@ -44,7 +44,7 @@ def test_force_replaces_an_artifact_or_an_empty_folder_leaving_nothing_behind(tm
     write_mini(out, b"one", overwrite=True)
     write_mini(out, b"two", overwrite=True)  # an artifact: may be replaced
     assert (out / "data.bin").read_bytes() == b"two"
-    assert read_manifest(out).data["files"]["data.bin"]
+    assert json.loads((out / "manifest.json").read_text())["files"]["data.bin"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.dmc"]
 
 

@@ -255,7 +255,8 @@ def verify(ctx: CompileContext, root: Path, manifest: dict, n: int, progress: bo
                            "nothing was written")
     rmse, psnr = paired_psnr(got, want)
     result = {"images": n, "rmse": rmse, "psnr_db": min(psnr, 100.0), "floor_psnr_db": ctx.fidelity_floor_psnr,
-              "first_calls": early}
+              "first_calls": {k: v for k, v in early.items() if k != "seconds_per_image_call"}}
+    ctx.build_facts["verify_seconds_per_image_call"] = early.get("seconds_per_image_call")  # varies: build.json
     (root / MANIFEST).unlink()
     check_fidelity(psnr, ctx.fidelity_floor_psnr)
     del load
