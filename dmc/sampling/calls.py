@@ -38,6 +38,9 @@ class SamplerCall:
     x_hist: list[float] = field(default_factory=list)  # weights of x_{k-1}, x_{k-2}, ... (earlier call inputs)
     out_hist: list[float] = field(default_factory=list)  # weights of out_{k-1}, out_{k-2}, ...
     scale_in: float = 1.0  # the network's sample input is scale_in * x (diffusers' scale_model_input)
+    # per-channel terms (DPM-Solver-v3): {"a": [C], "c": [[C]..], "x_hist": [[C]..], "bias": [C]},
+    # added to the scalar ones and broadcast over the sample's channel axis (axis 1)
+    channel: dict | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -78,7 +81,20 @@ def sampler_update(call: SamplerCall, x: np.ndarray, out: np.ndarray, history: l
     for w, (_, oj, _) in zip(call.out_hist, history[1:]):
         if w:
             x_next = x_next + w * oj
+    if call.channel:
+        x_next = x_next + _channel_terms(call.channel, x, history)
     return x_next.astype(dtype, copy=False)
+
+
+def _channel_terms(channel: dict, x: np.ndarray, history: list) -> np.ndarray:
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    per = lambda v: np.asarray(v, dtype=np.float64).reshape(shape)
+    total = per(channel["a"]) * x + per(channel["bias"])
+    for c, (_, _, dj) in zip(channel["c"], history):
+        total = total + per(c) * dj
+    for w, (xj, _, _) in zip(channel["x_hist"], history[1:]):
+        total = total + per(w) * xj
+    return total
 
 
 def initial_noise(seed: int, n: int, shape: tuple[int, ...], first: int = 0) -> np.ndarray:
