@@ -58,12 +58,13 @@ class ScheduleSearch:
     """``model(x, t) -> out`` (numpy, the schedule's prediction type); ``abar`` the training alphas_cumprod."""
 
     def __init__(self, model, abar: np.ndarray, prediction_type: str, noises: np.ndarray, reference: np.ndarray,
-                 stats: Stats | None = None, start: int | None = None, end: int = 0):
+                 stats: Stats | None = None, start: int | None = None, end: int = 0, to_zero: bool = True):
         self.model, self.abar, self.kind = model, np.asarray(abar, dtype=np.float64), prediction_type
         self.noises, self.reference = noises, reference
         self.stats = stats or Stats.trivial(noises.shape[1])
         self.start = len(abar) - 1 if start is None else start
         self.end = end
+        self.to_zero = to_zero  # end at sigma = 0 (a first-order last step) rather than at t = end
         self.calls_made = 0
         self.evaluated: dict[Plan, float] = {}
 
@@ -72,7 +73,7 @@ class ScheduleSearch:
         return 0.5 * math.log(a / (1 - a))
 
     def table(self, plan: Plan):
-        lambdas = [self.lam(t) for t in plan.timesteps] + [self.lam(self.end)]
+        lambdas = [self.lam(t) for t in plan.timesteps] + [math.inf if self.to_zero else self.lam(self.end)]
         return v3_calls([float(t) for t in plan.timesteps], lambdas, self.kind, self.stats,
                         orders=list(plan.orders), correctors=list(plan.correctors))
 

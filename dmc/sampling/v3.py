@@ -128,11 +128,15 @@ def v3_calls(timesteps: list[float], lambdas: list[float], prediction_type: str,
              order: int = 2, corrector: bool = True, orders: list[int] | None = None,
              correctors: list[bool] | None = None) -> list[SamplerCall]:
     """The table for calls at ``timesteps`` (K) with node log-SNRs ``lambdas`` (K+1; the last is where
-    the sample ends, finite). ``orders``/``correctors`` override the per-call choice (the search uses them)."""
+    the sample ends; +inf is sigma = 0, reached as diffusers' final_sigmas_type="zero" does: by a first-order
+    step, x_K = D_{K-1}, whose higher-order terms would grow without bound there). ``orders``/``correctors`` override the per-call choice (the search uses them)."""
     k_calls = len(timesteps)
     orders = orders or [min(order, k + 1) for k in range(k_calls)]
     orders = [min(p, k + 1) for k, p in enumerate(orders)]
     correctors = correctors or [corrector] * k_calls
+    to_zero = math.isinf(lambdas[-1])
+    if to_zero:
+        lambdas = list(lambdas[:-1]) + [lambdas[-2] + 30.0]  # any finite stand-in: the last row is replaced
     sig = [float(vp_alpha(lam) * math.exp(-lam)) for lam in lambdas]
     l_at = [stats.at(np.array([lam]), "l")[0] for lam in lambdas]
     calls = []
@@ -157,6 +161,9 @@ def v3_calls(timesteps: list[float], lambdas: list[float], prediction_type: str,
             _add(form, key, sig[k + 1] * v)
         _add(form, "1", sig[k + 1] * j)
         calls.append(_row(form, k, timesteps[k], lambdas[k], prediction_type))
+    if to_zero:
+        last = calls[-1]
+        calls[-1] = SamplerCall(last.timestep, last.d_x, last.d_out, last.e_x, last.e_out, a=0.0, b=0.0, c=[1.0])
     for k in range(len(calls) - 2, -1, -1):  # keep what the next row reaches back to (cf. tables.traced_calls)
         calls[k].c += [0.0] * max(0, len(calls[k + 1].c) - 1 - len(calls[k].c))
     return calls
