@@ -200,3 +200,47 @@ def test_verification_images_fit_the_budget():
     assert images_within_budget(early, 4, None) == 4
     assert images_within_budget(early, 4, 45.0) == 2
     assert images_within_budget(early, 4, 1.0) == 1  # never fewer than one image
+
+
+def test_loading_builds_on_meta_and_takes_the_file_tensors():
+    """No random init, no second copy: the model's parameters are the file's tensors, loaded once."""
+    import torch
+    from safetensors.torch import load_file
+
+    from dmc.models.builtin import demo_path
+    from dmc.models.loading import load_model
+
+    model = load_model("demo").model
+    state = load_file(str(demo_path("demo")))
+    params = dict(model.named_parameters())
+    assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
+    assert set(state) >= set(params)
+    for k, p in params.items():
+        assert torch.equal(p, state[k].float()), k
+
+
+def test_release_torch_frees_every_weight_before_onnx_runtime_opens(monkeypatch, tmp_path):
+    """Verification runs torch first and frees its weights, so ORT never shares the process with them."""
+    import dmc.runtimes.onnxruntime_executor as ortx
+    from dmc.compress import device
+    from dmc.compress.pipeline import CompileOptions, compile_model
+    from dmc.sampling import Recipe
+
+    seen = {}
+    released = device.release_torch
+
+    def spy(ctx):
+        released(ctx)
+        seen["alive"] = sum(p.numel() for p in ctx.adapter.parameters())
+
+    real_init = ortx.OnnxRuntimeExecutor.__init__
+
+    def init(self, *a, **k):
+        seen.setdefault("opened_after_release", "alive" in seen)
+        real_init(self, *a, **k)
+
+    monkeypatch.setattr(device, "release_torch", spy)
+    monkeypatch.setattr(ortx.OnnxRuntimeExecutor, "__init__", init)
+    out = compile_model("demo", tmp_path / "a.dmc", CompileOptions(recipe=Recipe(steps=4), verify_images=1))
+    assert seen == {"alive": 0, "opened_after_release": True}
+    assert (out / "manifest.json").exists()

@@ -42,3 +42,21 @@ def images_per_batch(ctx, most: int) -> int:
     weight_bytes = sum(p.numel() * p.element_size() for p in ctx.adapter.parameters())
     rows_per_image = 2 if ctx.recipe.guided else 1
     return int(max(1, min(most, BATCH_BYTES // max(1, weight_bytes * rows_per_image))))
+
+
+def release_torch(ctx) -> None:
+    """Free the torch weights of ``ctx`` once nothing runs torch any more (after the verification
+    reference, before ONNX Runtime opens the artifact), so a big model's weights are not held
+    twice. Storage is dropped in place: other references to the modules see empty tensors."""
+    import gc
+
+    import torch
+
+    modules = [ctx.adapter, ctx.loaded.model]
+    for g in ctx.graphs.values():
+        modules += [m for m in (g.module, g.reference) if m is not None]
+    empty = torch.empty(0)
+    for module in modules:
+        for t in [*module.parameters(), *module.buffers()]:
+            t.data = empty
+    gc.collect()

@@ -238,17 +238,21 @@ def verify(ctx: CompileContext, root: Path, manifest: dict, n: int, progress: bo
     from dmc.runtimes.onnxruntime_executor import OnnxRuntimeExecutor
     from dmc.runtimes.pipeline import Pipeline
 
-    from dmc.compress.verify_early import first_group_check, images_within_budget, paired_psnr
+    from dmc.compress.device import images_per_batch, release_torch
+    from dmc.compress.verify_early import (compare_first_group, images_within_budget, paired_psnr,
+                                           reference_first_group, torch_price)
 
-    runtime = Pipeline.from_manifest(manifest_obj, OnnxRuntimeExecutor(manifest_obj, providers=["CPUExecutionProvider"]))
+    # torch first, then free it, then ONNX Runtime: a big model's weights are never held twice
     reference = ctx.torch_pipeline(reference=True)
-    early = first_group_check(ctx, runtime, reference, progress)  # raises, with the figure, when far off
-    n = images_within_budget(early, n, budget_s)
-    from dmc.compress.device import images_per_batch
-
+    first = reference_first_group(ctx, reference, progress)
+    n = images_within_budget(torch_price(first), n, budget_s)
     batch = images_per_batch(ctx, 16)
-    got = runtime.sample(n, seed=ctx.recipe.seed, progress=progress, batch_size=batch)
     want = reference.sample(n, seed=ctx.recipe.seed, progress=progress, batch_size=batch)
+    del reference
+    release_torch(ctx)
+    runtime = Pipeline.from_manifest(manifest_obj, OnnxRuntimeExecutor(manifest_obj, providers=["CPUExecutionProvider"]))
+    early = compare_first_group(ctx, runtime, first, progress)  # raises, with the figure, when far off
+    got = runtime.sample(n, seed=ctx.recipe.seed, progress=progress, batch_size=batch)
     for side, images in (("artifact (ONNX Runtime)", got), ("torch reference", want)):
         if not np.isfinite(images).all():
             raise DmcError(f"verification failed: the {side} samples contain non-finite values (NaN or inf); "

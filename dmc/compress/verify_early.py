@@ -26,24 +26,46 @@ def paired_psnr(got: np.ndarray, want: np.ndarray) -> tuple[float, float]:
 def first_group_check(ctx, runtime, reference, progress: bool = False) -> dict:
     """Compare the state after the first calls (1 image, same noise) of ``runtime`` and
     ``reference``; raise with the measured PSNR below the context's floor."""
-    total = len(runtime.calls)
-    k = max(1, math.ceil(total / FIRST_GROUP))
-    saved = runtime.calls, reference.calls
+    return compare_first_group(ctx, runtime, reference_first_group(ctx, reference, progress), progress)
+
+
+def _first_calls(ctx, pipe, k: int, progress: bool) -> tuple[np.ndarray, float]:
+    saved = pipe.calls
     started = time.perf_counter()
     try:
-        runtime.calls, reference.calls = saved[0][:k], saved[1][:k]
-        got = runtime.sample(1, seed=ctx.recipe.seed, progress=progress)
-        want = reference.sample(1, seed=ctx.recipe.seed, progress=progress)
+        pipe.calls = saved[:k]
+        return pipe.sample(1, seed=ctx.recipe.seed, progress=progress), time.perf_counter() - started
     finally:
-        runtime.calls, reference.calls = saved
-    seconds = time.perf_counter() - started
-    _, psnr = paired_psnr(got, want)
+        pipe.calls = saved
+
+
+def reference_first_group(ctx, reference, progress: bool = False) -> dict:
+    """The torch side of the first-calls check, run on its own so that the torch model can be freed
+    before ONNX Runtime opens the artifact (both at once set a big model's peak memory)."""
+    total = len(reference.calls)
+    k = max(1, math.ceil(total / FIRST_GROUP))
+    sample, seconds = _first_calls(ctx, reference, k, progress)
+    return {"calls": k, "of": total, "sample": sample, "seconds": seconds}
+
+
+def compare_first_group(ctx, runtime, first: dict, progress: bool = False) -> dict:
+    """Run ``runtime`` over the calls of ``first`` (from ``reference_first_group``) and raise, with
+    the measured PSNR, below the context's floor."""
+    k, total = first["calls"], first["of"]
+    got, seconds = _first_calls(ctx, runtime, k, progress)
+    _, psnr = paired_psnr(got, first["sample"])
     if psnr < ctx.fidelity_floor_psnr:
         raise DmcError(f"verification failed early: after the first {k} of {total} calls (1 image) the artifact "
                        f"differs from the torch reference (PSNR {psnr:.1f} dB < floor {ctx.fidelity_floor_psnr} dB); "
                        "nothing was written")
     return {"calls": k, "of": total, "images": 1, "psnr_db": min(psnr, 100.0),
-            "seconds_per_image_call": round(seconds / (2 * k), 4)}  # one call in ORT plus one in torch
+            "seconds_per_image_call": round((seconds + first["seconds"]) / (2 * k), 4)}  # ORT and torch
+
+
+def torch_price(first: dict) -> dict:
+    """``first`` priced for ``images_within_budget`` before ONNX Runtime has run: an ORT call is
+    taken to cost what a torch call does (FP32 on the CPU they are within about 2x of each other)."""
+    return {"of": first["of"], "seconds_per_image_call": first["seconds"] / first["calls"]}
 
 
 def images_within_budget(early: dict, wanted: int, budget_s: float | None) -> int:

@@ -240,7 +240,10 @@ def _instantiate(class_name: str, config: dict, state: dict, name: str):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model = cls.from_config(kwargs)
+            # built on the meta device: no random init of weights that are replaced at once (a second
+            # full copy of the model, and half a minute of init at SD size)
+            with torch.device("meta"):
+                model = cls.from_config(kwargs)
     except Exception as e:
         raise DmcError(f"{name}: config is not valid for {class_name} ({e})") from None
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -258,5 +261,10 @@ def _instantiate(class_name: str, config: dict, state: dict, name: str):
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
         raise DmcError(f"{name}: tensors do not match the {class_name} config: " + "; ".join(parts))
-    model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()})
+    model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, assign=True)
+    if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):  # non-persistent buffers: build for real
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = cls.from_config(kwargs)
+        model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()})
     return model.eval().requires_grad_(False)
