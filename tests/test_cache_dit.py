@@ -86,7 +86,8 @@ def test_mixed_schedule_through_runtime(tmp_path):
 
     refresh = _mixed_schedule()
     out = compile_model("demo-dit", tmp_path / "a.dmc",
-                        CompileOptions(recipe=RECIPE, passes=[_Schedule(refresh)], verify_images=2))
+                        CompileOptions(recipe=RECIPE, passes=[_Schedule(refresh)], verify_images=2,
+                                        keep_torch=True))
     ctx = _SEEN["ctx"]
     patterns, index = distinct_rows(refresh)
     assert len(patterns) == 3

@@ -119,7 +119,7 @@ def _compile(tmp_path_factory, monkeypatch_ctx, name, cfg):
 
     monkeypatch_ctx.setattr(pipeline, "prepare", prepare)
     out = tmp_path_factory.mktemp("cache") / f"{name}.dmc"
-    path = pipeline.compile_model("demo", out, pipeline.CompileOptions(recipe=RECIPE, passes=[cfg]))
+    path = pipeline.compile_model("demo", out, pipeline.CompileOptions(recipe=RECIPE, passes=[cfg], keep_torch=True))
     monkeypatch_ctx.undo()
     return path, kept["ctx"]
 

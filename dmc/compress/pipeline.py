@@ -43,6 +43,9 @@ class CompileOptions:
     image_size: tuple[int, int] | None = None  # --size H W in pixels (shapes are static at that size)
     calib_prompts: list[str] | None = None  # text-to-image calibration prompts (default: dmc.data.prompts)
     verify_budget_s: float | None = None  # fewer than verify_images when full images would take longer
+    # verification frees the torch weights before ONNX Runtime opens (a big model is never held twice);
+    # True keeps them for callers that run the context's torch pipelines after compiling
+    keep_torch: bool = False
 
 
 def _log(options: CompileOptions, msg: str) -> None:
@@ -136,7 +139,7 @@ def compile_model(source: str, out: str | Path, options: CompileOptions | None =
         manifest = build_manifest(ctx, time.time() - started)
         _log(options, "verifying the artifact against torch")
         manifest["verification"] = verify(ctx, writer.root, manifest, options.verify_images, options.progress,
-                                          options.verify_budget_s)
+                                          options.verify_budget_s, keep_torch=options.keep_torch)
         if parts is not None:
             manifest["parts"] = parts.section
             manifest["parts"]["calibration_prompts"] = ctx.prompt_conditions.to_json()
@@ -221,7 +224,7 @@ def _io(value) -> dict:
 
 
 def verify(ctx: CompileContext, root: Path, manifest: dict, n: int, progress: bool = False,
-           budget_s: float | None = None) -> dict:
+           budget_s: float | None = None, keep_torch: bool = False) -> dict:
     """Sample ``n`` images with the written graphs and with torch; refuse the artifact below the floor.
 
     The torch side computes the same thing the graphs should (each graph's reference module), so this
@@ -249,7 +252,8 @@ def verify(ctx: CompileContext, root: Path, manifest: dict, n: int, progress: bo
     batch = images_per_batch(ctx, 16)
     want = reference.sample(n, seed=ctx.recipe.seed, progress=progress, batch_size=batch)
     del reference
-    release_torch(ctx)
+    if not keep_torch:
+        release_torch(ctx)
     runtime = Pipeline.from_manifest(manifest_obj, OnnxRuntimeExecutor(manifest_obj, providers=["CPUExecutionProvider"]))
     early = compare_first_group(ctx, runtime, first, progress)  # raises, with the figure, when far off
     got = runtime.sample(n, seed=ctx.recipe.seed, progress=progress, batch_size=batch)
