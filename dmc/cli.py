@@ -26,6 +26,8 @@ Examples:
   dmc compress unet/ --out my.dmc --sampler dpm++2m --steps 25
   dmc compress model.safetensors --config config.json --out my.dmc
   dmc compress unet/ --scheduler-preset sd15 --sampler unipc-bh2 --steps 10
+  dmc compress demo --out six.dmc --steps auto --calls 6 --int8 --cache   # searched 6-call schedule
+  dmc compress demo --out v3.dmc --sampler dpm-v3 --steps 8         # DPM-Solver-v3 (model statistics)
 """
 
 
@@ -39,13 +41,54 @@ def cli() -> None:
     """
 
 
+class _StepsType(click.ParamType):
+    """An integer 1..1000 or ``auto``."""
+
+    name = "N|auto"
+
+    def convert(self, value, param, ctx):
+        if str(value).lower() == "auto":
+            return "auto"
+        try:
+            steps = int(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither an integer nor 'auto'", param, ctx)
+        if not 1 <= steps <= 1000:
+            self.fail(f"{steps} is not in the range 1<=x<=1000", param, ctx)
+        return steps
+
+
+def _step_plan(sampler: str, sampler_given: bool, steps, calls):
+    """(recipe sampler, recipe steps, step plan, EMS in the search) for the CLI's --sampler/--steps/--calls."""
+    from dmc.sampling.step_plan import BASE_SAMPLER
+
+    if steps == "auto":
+        if calls is None:
+            raise DmcError("--steps auto needs a model-call budget: --calls N")
+        if sampler_given and sampler not in (BASE_SAMPLER, "dpm-v3"):
+            raise DmcError(f"--steps auto searches DPM-Solver++/v3 tables; --sampler {sampler} cannot be searched "
+                           f"(drop it, or use {BASE_SAMPLER} or dpm-v3)")
+        return BASE_SAMPLER, calls, "search", sampler == "dpm-v3"
+    if calls is not None:
+        raise DmcError("--calls is the budget of --steps auto; with a fixed --steps the calls follow the sampler")
+    if sampler == "dpm-v3":
+        return BASE_SAMPLER, steps, "dpm-v3", None
+    return sampler, steps, None, None
+
+
 @cli.command(epilog=EPILOG_COMPRESS)
 @click.argument("model")
 @click.option("--out", "-o", type=click.Path(), help="Artifact folder to write (default: <model>.dmc).")
-@click.option("--sampler", type=click.Choice(list(SOLVERS)), default="ddim", show_default=True,
-              help="Compiled solver (README: samplers); flow-* for SD3/Flux-type models.")
-@click.option("--steps", type=click.IntRange(1, 1000), default=20, show_default=True,
-              help="Scheduler steps N: N model calls (heun: 2N-1, plms: N+1, pndm: N+9).")
+@click.option("--sampler", type=click.Choice([*SOLVERS, "dpm-v3"]), default="ddim", show_default=True,
+              help="Compiled solver (README: samplers); flow-* for SD3/Flux-type models; dpm-v3: DPM-Solver-v3 "
+                   "with statistics computed from the model.")
+@click.option("--steps", type=_StepsType(), default="20", show_default=True,
+              help="Scheduler steps N: N model calls (heun: 2N-1, plms: N+1, pndm: N+9); auto: search the "
+                   "timesteps and per-call solver for --calls N model calls.")
+@click.option("--calls", type=click.IntRange(2, 100), default=None,
+              help="Model-call budget of --steps auto.")
+@click.option("--search-candidates", type=click.IntRange(min=1), default=None,
+              help="Most call tables --steps auto evaluates (default 60; each costs --calls calls on 16 images).")
 @click.option("--guidance", type=float, default=None,
               help="Classifier-free guidance scale (default 2.0 for class-conditional models, else off).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed for calibration and verification.")
@@ -101,6 +144,8 @@ def compress(model, out, sampler, steps, guidance, seed, config_path, int8, cach
     from dmc.sampling import Recipe
 
     out = out or f"{Path(model.rstrip('/')).stem}.dmc"
+    sampler_given = click.get_current_context().get_parameter_source("sampler") != click.core.ParameterSource.DEFAULT
+    sampler, steps, opts["step_plan"], opts["ems_in_search"] = _step_plan(sampler, sampler_given, steps, opts["calls"])
     recipe = Recipe(sampler=sampler, steps=steps, guidance=guidance, seed=seed)
     from dmc.compress.plan import plan_from_options
 

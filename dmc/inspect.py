@@ -44,6 +44,9 @@ def describe(artifact: str | Path, schedule_png: str | None = None) -> dict:
     from dmc.runtimes.text2image import describe_parts
 
     info["pipeline"] = describe_parts(manifest)
+    from dmc.sampling.step_plan import describe as describe_steps
+
+    info["steps"] = describe_steps(d)
     for module in DESCRIBERS:
         if module == "dmc.quantize" and d["precision"] == "fp32":
             continue
@@ -67,6 +70,7 @@ def format_text(info: dict) -> str:
         f"conditioning {m['conditioning']['kind']}",
         f"recipe     {r['sampler']}, {r['steps']} steps, guidance {r['guidance']}, seed {r['seed']}",
         f"calls      {info['calls']}  timesteps {_short([round(t) for t in info['timesteps']])}",
+        *([info["steps"]] if info.get("steps") else []),
         f"precision  {info['precision']}  target {info['target']}  passes {info['passes'] or '-'}",
         "graphs",
     ]

@@ -1,6 +1,6 @@
 """Pass registry: a pass is a config dataclass plus one handler registered for its type.
 
-Passes run in the fixed order of ``algorithms.md`` §10 (prune -> cache -> quantize ->
+Passes run in the fixed order of ``algorithms.md`` §10 (steps -> prune -> cache -> quantize ->
 correct), whatever order the user lists them in; each appends what it did to
 ``ctx.passes`` for the manifest.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-ORDER = ("prune", "cache", "quantize", "correct")
+ORDER = ("steps", "prune", "cache", "quantize", "correct")
 _HANDLERS: dict[type, tuple[str, Callable]] = {}
 
 

@@ -17,9 +17,17 @@ def plan_passes(int8: bool = False, cache: bool = False, seed: int = 0, prune: f
                 cache_schedule: str | None = None, cache_interval: int | None = None,
                 cache_method: str | None = None, forecast_order: int | None = None,
                 calibration: str = "ndtc", calib_samples: int = 256, calib_budget: float | None = None,
-                scale_groups: int = 1, profile: str = "ort-cpu") -> list:
+                scale_groups: int = 1, profile: str = "ort-cpu", step_plan: str | None = None,
+                calls: int | None = None, search_candidates: int | None = None,
+                ems_in_search: bool | None = None) -> list:
     """Pass configs for the high-level options (``None``: the config's own default)."""
     passes = []
+    if step_plan is not None:
+        from dmc.sampling.step_plan import StepsConfig
+
+        kw = {"method": step_plan, "calls": calls, "candidates": search_candidates, "seed": seed,
+              "ems_in_search": ems_in_search}
+        passes.append(StepsConfig(**{k: v for k, v in kw.items() if v is not None}))
     if prune is not None:
         from dmc.prune import PruneConfig
 

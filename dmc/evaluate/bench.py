@@ -64,8 +64,11 @@ def open_target(spec: str, recipe_from: str | None = None, threads: int | None =
                        "(it runs under that artifact's recipe), e.g. `dmc bench ARTIFACT --vs MODEL`")
     from dmc.artifact import read_manifest
 
+    from dmc.sampling.step_plan import base_calls
+
     manifest = read_manifest(recipe_from, verify=False)
-    return open_model(spec, manifest.recipe, threads, training_schedule=manifest.data.get("training_schedule"))
+    return open_model(spec, manifest.recipe, threads, training_schedule=manifest.data.get("training_schedule"),
+                      calls=base_calls(manifest.data))
 
 
 def _stats(values_s: list[float]) -> dict:

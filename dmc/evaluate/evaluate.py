@@ -88,9 +88,9 @@ def _model_sha256(source: str) -> str | None:
 
 
 def open_model(source: str, recipe, threads: int | None = None, expect_sha256: str | None = None,
-               training_schedule: dict | None = None) -> Target:
+               training_schedule: dict | None = None, calls: list | None = None) -> Target:
     """The uncompressed torch model in the runtime's sampler loop, under ``recipe`` (and the artifact's
-    training schedule, when given)."""
+    training schedule, when given); ``calls`` (an artifact's step plan) replaces the recipe's table."""
     import torch
 
     from dmc.compress.pipeline import reference_pipeline
@@ -99,7 +99,10 @@ def open_model(source: str, recipe, threads: int | None = None, expect_sha256: s
         torch.set_num_threads(threads)
     sha = _model_sha256(source)
     pipe = reference_pipeline(source, recipe, training_schedule=training_schedule)
+    if calls is not None:
+        pipe.calls = calls
     info = {"kind": "model", "source": source, "sha256": sha, "recipe": recipe.to_json(),
+            "step_plan": calls is not None,
             "matches_artifact_source": None if expect_sha256 is None else sha == expect_sha256}
     return Target(source, "model", pipe, info)
 
@@ -118,8 +121,10 @@ def open_reference(reference: str | None, artifact: Target, threads: int | None 
             warnings.warn(f"reference artifact {reference} has recipe {target.pipeline.manifest.recipe}, "
                           f"the artifact {manifest.recipe}: pairs share seeds and labels only", stacklevel=2)
         return target
+    from dmc.sampling.step_plan import base_calls
+
     target = open_model(reference, manifest.recipe, threads, expect_sha256=manifest.model.get("source_sha256"),
-                        training_schedule=manifest.data.get("training_schedule"))
+                        training_schedule=manifest.data.get("training_schedule"), calls=base_calls(manifest.data))
     if target.info["matches_artifact_source"] is False:
         warnings.warn(f"reference model {reference} is not the file the artifact was compiled from "
                       "(sha256 differs): paired metrics include the weight difference", stacklevel=2)

@@ -72,7 +72,7 @@ class Pipeline:
     def sample(self, n: int = 1, seed: int | None = None, class_labels=None, batch_size: int = 16,
                first: int = 0, progress: bool = False, on_call: Callable | None = None,
                embeddings=None, uncond_embeddings=None, conditions: dict | None = None,
-               uncond_conditions: dict | None = None) -> np.ndarray:
+               uncond_conditions: dict | None = None, noise: np.ndarray | None = None) -> np.ndarray:
         """Final samples ``[n, C, H, W]`` (float32, model space).
 
         ``conditions``/``uncond_conditions`` map conditioning input names (the manifest's
@@ -80,9 +80,13 @@ class Pipeline:
         input's default and, for the unconditional half, its ``uncond`` rule (``conditions.py``).
         ``embeddings``/``uncond_embeddings`` are shorthand for ``encoder_hidden_states``.
         ``on_call(k, feeds, out, x_next)`` sees every model call: the trajectory recorder's hook.
+        ``noise`` ``[n, C, H, W]`` replaces the seeded initial state (labels and conditions still follow
+        ``first``): the compile side probes the model at chosen states this way.
         """
         if n < 1:
             raise DmcError("n must be at least 1")
+        if noise is not None and tuple(np.shape(noise)) != (n, *self.sample_shape):
+            raise DmcError(f"noise has shape {tuple(np.shape(noise))}, expected {(n, *self.sample_shape)}")
         seed = self.recipe.seed if seed is None else seed
         labels = self.labels_for(n, class_labels, first)
         if embeddings is not None or uncond_embeddings is not None:
@@ -99,7 +103,7 @@ class Pipeline:
         chunks = []
         for start in range(0, n, batch_size):
             b = min(batch_size, n - start)
-            x = initial_noise(seed, b, self.sample_shape, first + start)
+            x = initial_noise(seed, b, self.sample_shape, first + start) if noise is None else noise[start:start + b]
             cond, uncond = {}, {}
             if labels is not None:
                 cond["class_labels"] = labels[start:start + b]

@@ -67,6 +67,7 @@ class ScheduleSearch:
         self.to_zero = to_zero  # end at sigma = 0 (a first-order last step) rather than at t = end
         self.calls_made = 0
         self.evaluated: dict[Plan, float] = {}
+        self.extra_candidates: dict[str, Plan] = {}  # more fixed baselines (e.g. the recipe's own table)
 
     def lam(self, t: int) -> float:
         a = self.abar[t]
@@ -103,6 +104,7 @@ class ScheduleSearch:
                 continue
             out[f"dpm++2m {name}"] = Plan(ts, (2,) * calls, (False,) * calls)
             out[f"dpm-v3 pc {name}"] = Plan(ts, (2,) * calls, (True,) * calls)
+        out.update({name: p for name, p in self.extra_candidates.items() if len(p.timesteps) == calls})
         return out
 
     def run(self, calls: int, max_candidates: int = 300, progress=None) -> SearchResult:
