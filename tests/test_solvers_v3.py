@@ -101,3 +101,25 @@ def test_model_statistics_improve_few_call_accuracy_and_are_bounded():
     v3 = run(v3_calls(taus, lambdas, "epsilon", stats), x0)
     err = lambda y: float(np.sqrt(np.mean((y - ref) ** 2)))
     assert np.isfinite(v3).all() and err(v3) < err(plain), (err(v3), err(plain))
+
+
+def test_inspect_table_shows_per_channel_terms():
+    """``dmc inspect`` rows name each per-channel term with its shape and range, not a blank line."""
+    from dmc.sampling.solvers import table_lines, table_rows
+
+    x0 = np.random.default_rng(1).standard_normal(SHAPE)
+    taus, lambdas, _ = diffusers_heun(5, x0)
+    stats = compute_stats(denoise, SHAPE[1:], np.linspace(lam_of_t(999), lam_of_t(1), 8), t_of_lam,
+                          n_samples=2, seed=0)
+    calls = v3_calls(taus, lambdas, "epsilon", stats, order=2, corrector=True)
+    rows = table_rows(calls)
+    per_channel = [r for r, c in zip(rows, calls) if c.channel]
+    assert per_channel, "model statistics should give per-channel rows"
+    for row, call in zip(rows, calls):
+        if not call.channel:
+            continue
+        assert row["ch.a"].startswith(f"{SHAPE[1]}ch[")
+        lo, hi = min(call.channel["a"]), max(call.channel["a"])
+        assert f"{lo:.4g}" in row["ch.a"] and f"{hi:.4g}" in row["ch.a"]
+    lines = table_lines(rows)
+    assert len(lines) == len(calls) + 1 and all("ch.a=" in lines[1 + k] for k, c in enumerate(calls) if c.channel)

@@ -80,20 +80,41 @@ def table_rows(calls) -> list[dict]:
         for key in ("c", "x_hist", "out_hist"):
             if any(getattr(c, key)):
                 row[key] = list(getattr(c, key))
+        for key, value in (c.channel or {}).items():
+            if value:
+                row[f"ch.{key}"] = _channel_summary(value)
         rows.append(row)
     return rows
 
 
+def _channel_summary(value) -> str:
+    """A per-channel term (DPM-Solver-v3) in a few characters: its channel count, the terms it
+    weights (one per history entry for c/x_hist), and the range of its values."""
+    nested = bool(value) and isinstance(value[0], list)
+    flat = [v for term in value for v in term] if nested else list(value)
+    if not flat:
+        return "[]"
+    shape = f"{len(value)}x{len(value[0])}ch" if nested else f"{len(value)}ch"
+    lo, hi = min(flat), max(flat)
+    return f"{shape}[{lo:.4g}]" if lo == hi else f"{shape}[{lo:.4g}..{hi:.4g}]"
+
+
 def table_lines(rows: list[dict]) -> list[str]:
     """x' = a x + b eps + o out + c.D + x_hist.x_{k-1..} + out_hist.out_{k-1..}, one line per call."""
-    lines = ["sampler    call  timestep  coefficients (x' = a x + b eps + o out + c.D_k.. + xh.x_k-1.. + oh.out_k-1..)"]
+    lines = ["sampler    call  timestep  coefficients (x' = a x + b eps + o out + c.D_k.. + xh.x_k-1.. + oh.out_k-1..;"
+             " ch.*: per-channel terms added, terms x channels [range])"]
     names = {"x_hist": "xh", "out_hist": "oh"}
     for r in rows:
         terms = []
         for key, value in r.items():
             if key in ("call", "timestep"):
                 continue
-            shown = "[" + ", ".join(f"{v:.4g}" for v in value) + "]" if isinstance(value, list) else f"{value:.6g}"
+            if isinstance(value, str):
+                shown = value
+            elif isinstance(value, list):
+                shown = "[" + ", ".join(f"{v:.4g}" for v in value) + "]"
+            else:
+                shown = f"{value:.6g}"
             terms.append(f"{names.get(key, key)}={shown}")
         lines.append(f"  {r['call']:>12}  {r['timestep']:8.2f}  {' '.join(terms)}")
     return lines
