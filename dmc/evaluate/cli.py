@@ -200,6 +200,8 @@ def _features_spec(eval_doc: dict) -> str | None:
 @click.option("--write-baseline", type=click.Path(dir_okay=False), default=None,
               help="With ARTIFACT: write the measurement (eval + bench) to this JSON file.")
 @click.option("--max-fd-increase", type=LIMIT, default=None, help="Max Frechet distance increase over the baseline.")
+@click.option("--max-fd-above-ci", type=LIMIT, default=None,
+              help="Max amount the FD may lie above the baseline's 95% bootstrap interval.")
 @click.option("--min-psnr", type=LIMIT, default=None, help="Min mean PSNR (dB) of samples vs the reference.")
 @click.option("--min-psnr-worst", type=LIMIT, default=None, help="Min PSNR (dB) of the worst image.")
 @click.option("--min-ssim", type=LIMIT, default=None, help="Min mean SSIM vs the reference.")
@@ -227,7 +229,7 @@ def _features_spec(eval_doc: dict) -> str | None:
 @click.option("--no-memory", is_flag=True, help="ARTIFACT mode: skip the peak-memory subprocesses of bench.")
 @click.option("--json", "as_json", is_flag=True, help="Print the check result as one JSON document.")
 @click.pass_context
-def check_cmd(ctx, current, baselines, write_baseline, max_fd_increase, min_psnr, min_psnr_worst, min_ssim,
+def check_cmd(ctx, current, baselines, write_baseline, max_fd_increase, max_fd_above_ci, min_psnr, min_psnr_worst, min_ssim,
               max_accuracy_drop, max_psnr_drop, max_latency_ratio, latency_tolerance, config, junit, reference, n, seed,
               features, repeats, threads, vs, no_eval, no_bench, no_memory, as_json):
     """Fail (exit 1) when CURRENT regresses against --baseline.
@@ -272,7 +274,7 @@ def check_cmd(ctx, current, baselines, write_baseline, max_fd_increase, min_psnr
                 _dump(doc)
             return
         raise DmcError("--baseline BASELINE.json is required (or --write-baseline PATH to create one)")
-    overrides = {"max_fd_increase": max_fd_increase, "min_psnr": min_psnr, "min_psnr_worst": min_psnr_worst,
+    overrides = {"max_fd_increase": max_fd_increase, "max_fd_above_ci": max_fd_above_ci, "min_psnr": min_psnr, "min_psnr_worst": min_psnr_worst,
                  "min_ssim": min_ssim, "max_accuracy_drop": max_accuracy_drop, "max_psnr_drop": max_psnr_drop,
                  "max_latency_ratio": max_latency_ratio, "latency_tolerance": latency_tolerance}
     thresholds, source = load_thresholds(overrides, config)

@@ -32,6 +32,9 @@ class Thresholds:
     """
 
     max_fd_increase: float | None = 2.0
+    # FD against the baseline's own uncertainty: fail when the current FD lies above the upper end of the
+    # baseline's bootstrap interval by more than this (same N and seeds: an unchanged model reproduces it).
+    max_fd_above_ci: float | None = 0.0
     min_psnr: float | None = 25.0
     min_psnr_worst: float | None = None
     min_ssim: float | None = None
@@ -170,6 +173,8 @@ def check(baseline: dict, current: dict, thresholds: Thresholds) -> dict:
             rows.append(_row("fd_increase", "Frechet distance increase", b, c, t.max_fd_increase, "<=",
                              "passed" if c - b <= t.max_fd_increase else "failed",
                              f"FD {b:.3f} -> {c:.3f} ({c - b:+.3f}); current 95% CI [{ci[0]:.3f}, {ci[1]:.3f}]"))
+    if t.max_fd_above_ci is not None:
+        rows.append(_fd_ci_row(be, ce, t))
     for name, key, metric, limit, better in (
         ("min_psnr", "psnr_mean", "PSNR vs reference, mean (dB)", t.min_psnr, "high"),
         ("min_psnr_worst", "psnr_worst", "PSNR vs reference, worst image (dB)", t.min_psnr_worst, "high"),
@@ -197,6 +202,19 @@ def check(baseline: dict, current: dict, thresholds: Thresholds) -> dict:
         rows.append(_latency_row(bb, cb, t))
     failed = [r for r in rows if r["status"] == "failed"]
     return {"passed": not failed, "checks": rows, "notes": notes, "thresholds": asdict(t)}
+
+
+def _fd_ci_row(be: dict | None, ce: dict | None, t: Thresholds) -> dict:
+    metric = "Frechet distance above the baseline's 95% CI"
+    b, c, high = _get(be, "frechet", "fd"), _get(ce, "frechet", "fd"), _get(be, "frechet", "ci_high")
+    if b is None or c is None or high is None:
+        return _row("fd_above_ci", metric, b, c, t.max_fd_above_ci, "<=", "skipped",
+                    "needs eval results with a bootstrap interval in both documents")
+    excess = c - high
+    ok = excess <= t.max_fd_above_ci  # NaN fails
+    return _row("fd_above_ci", metric, b, c, t.max_fd_above_ci, "<=", "passed" if ok else "failed",
+                f"FD {c:.3f} vs the baseline's {b:.3f} [{_get(be, 'frechet', 'ci_low'):.3f}, {high:.3f}]: "
+                f"{excess:+.3f} beyond its upper bound") | {"value": excess}
 
 
 def _psnr_drop_row(be: dict | None, ce: dict | None, t: Thresholds) -> dict:
