@@ -73,6 +73,9 @@ def test_searched_plan_is_compiled_recorded_and_used_by_eval(tmp_path):
     if record["kept"] == "searched":
         held = record["held_out_relative_error"]
         assert held["searched"] <= held["best_fixed"]
+        assert not any("--steps auto" in w for w in manifest.get("warnings", []))
+    else:  # keeping the fixed table is said, not silent
+        assert any(w.startswith("--steps auto: kept the best fixed table") for w in manifest["warnings"])
     assert manifest["verification"]["psnr_db"] > 40
     assert describe(manifest).startswith("steps      searched for 4 calls")
     # dmc eval's reference (the torch model) runs the same planned table, not the recipe's DPM++ one

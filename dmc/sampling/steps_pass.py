@@ -150,6 +150,8 @@ def _plan_search(ctx, cfg: StepsConfig) -> None:
     plan, kept = result.plan, "searched" if result.improved else "best fixed (the search did not beat it)"
     if result.improved and held["searched"] > held["best_fixed"]:
         plan, kept = fixed, "best fixed (the searched schedule was worse on held-out seeds)"
+    if kept != "searched":
+        ctx.warnings.append(f"--steps auto: kept the {kept.replace(' (', ' table (', 1)}: {result.best_fixed}")
     table = searcher.table(plan)
     _finish(ctx, table, {"name": "steps", "method": "search", "config": cfg.to_json(), "calls": len(table),
                          "start": start, "kept": kept, "plan": plan.to_json(), "search": result.to_json(),
