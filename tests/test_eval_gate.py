@@ -97,9 +97,11 @@ def test_junit_is_valid_with_one_testcase_per_threshold(tmp_path):
     write_junit(result, path)
     suite = ET.parse(path).getroot().find("testsuite")
     cases = {c.get("name"): c for c in suite.iter("testcase")}
-    assert set(cases) == {"fd_increase", "min_psnr", "min_psnr_worst", "accuracy_drop", "psnr_drop", "latency_ratio"}
+    assert set(cases) == {"fd_increase", "fd_above_ci", "min_psnr", "min_psnr_worst", "accuracy_drop", "psnr_drop",
+                          "latency_ratio"}
     assert cases["fd_increase"].find("failure") is not None and cases["latency_ratio"].find("skipped") is not None
-    assert suite.get("tests") == "6" and suite.get("failures") == "1" and suite.get("skipped") == "1"
+    assert cases["fd_above_ci"].find("failure") is not None  # FD 20 against the baseline's 10 [8, 13]
+    assert suite.get("tests") == "7" and suite.get("failures") == "2" and suite.get("skipped") == "1"
 
 
 def test_check_cli_reads_pyproject_in_current_directory(tmp_path, monkeypatch):
