@@ -58,7 +58,8 @@ class ScheduleSearch:
     """``model(x, t) -> out`` (numpy, the schedule's prediction type); ``abar`` the training alphas_cumprod."""
 
     def __init__(self, model, abar: np.ndarray, prediction_type: str, noises: np.ndarray, reference: np.ndarray,
-                 stats: Stats | None = None, start: int | None = None, end: int = 0, to_zero: bool = True):
+                 stats: Stats | None = None, start: int | None = None, end: int = 0, to_zero: bool = True,
+                 extra_candidates: dict[str, Plan] | None = None):
         self.model, self.abar, self.kind = model, np.asarray(abar, dtype=np.float64), prediction_type
         self.noises, self.reference = noises, reference
         self.stats = stats or Stats.trivial(noises.shape[1])
@@ -67,7 +68,7 @@ class ScheduleSearch:
         self.to_zero = to_zero  # end at sigma = 0 (a first-order last step) rather than at t = end
         self.calls_made = 0
         self.evaluated: dict[Plan, float] = {}
-        self.extra_candidates: dict[str, Plan] = {}  # more fixed baselines (e.g. the recipe's own table)
+        self.extra_candidates = dict(extra_candidates or {})  # more fixed baselines (e.g. the recipe's own table)
 
     def lam(self, t: int) -> float:
         a = self.abar[t]

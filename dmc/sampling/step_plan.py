@@ -63,15 +63,19 @@ class StepsConfig:
         return asdict(self)
 
 
+def _record(manifest_data: dict) -> dict | None:
+    return next((p for p in manifest_data.get("passes", []) if p.get("name") == "steps"), None)
+
+
 def base_calls(manifest_data: dict) -> list[SamplerCall] | None:
     """The FP32 call table a step plan wrote (None without one): what the uncompressed reference runs."""
-    record = next((p for p in manifest_data.get("passes", []) if p.get("name") == "steps"), None)
+    record = _record(manifest_data)
     return None if record is None else [SamplerCall.from_json(c) for c in record["base_calls"]]
 
 
 def describe(manifest_data: dict) -> str | None:
     """One line for ``dmc inspect`` (no torch)."""
-    record = next((p for p in manifest_data.get("passes", []) if p.get("name") == "steps"), None)
+    record = _record(manifest_data)
     if record is None:
         return None
     if record["method"] == "dpm-v3":

@@ -8,6 +8,7 @@ import numpy as np
 
 from dmc.compress.passes import register_pass
 from dmc.errors import DmcError
+from dmc.progress import bar
 from dmc.sampling.calls import SamplerCall
 from dmc.sampling.step_plan import BASE_SAMPLER, StepsConfig
 
@@ -28,6 +29,7 @@ class _ModelProbe:
             raise DmcError(f"step plans do not support prediction_type {self.kind!r}")
         sched = build_scheduler(Recipe(sampler=BASE_SAMPLER, steps=2), schedule, ctx.sample_shape)
         self.abar = sched.alphas_cumprod.double().numpy()
+        self.lams = np.log(np.sqrt(self.abar) / np.sqrt(1 - self.abar))  # decreasing in t
         self.pipe = ctx.torch_pipeline()
         self.evaluations = 0
 
@@ -61,8 +63,7 @@ class _ModelProbe:
         return d_x * x + d_out * self(x, t)
 
     def timestep_of(self, lam: float) -> float:
-        lams = np.log(np.sqrt(self.abar) / np.sqrt(1 - self.abar))  # decreasing in t
-        return float(np.interp(lam, lams[::-1], np.arange(len(self.abar))[::-1]))
+        return float(np.interp(lam, self.lams[::-1], np.arange(len(self.abar))[::-1]))
 
 
 def _ems(ctx, probe: _ModelProbe, cfg: StepsConfig, start: float, progress):
@@ -73,17 +74,14 @@ def _ems(ctx, probe: _ModelProbe, cfg: StepsConfig, start: float, progress):
                          seed=cfg.seed, batch=max(1, cfg.ems_samples), progress=progress)
 
 
-def _bar(ctx, desc: str, total: int):
-    if not ctx.progress:
-        return None, None
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, desc=desc, leave=False)
+def _advance(progress_bar):
+    """A ``(done, total)`` callback (what the v3 statistics and the search report) for a ``dmc.progress`` bar."""
+    seen = [0]
 
     def update(done, _total):
-        bar.n = done
-        bar.refresh()
-    return bar, update
+        progress_bar.update(done - seen[0])
+        seen[0] = done
+    return update
 
 
 def _finish(ctx, calls: list[SamplerCall], record: dict) -> None:
@@ -99,10 +97,8 @@ def _plan_v3(ctx, cfg: StepsConfig) -> None:
 
     probe = _ModelProbe(ctx)
     timesteps = [c.timestep for c in ctx.calls]
-    bar, update = _bar(ctx, "DPM-Solver-v3 statistics", cfg.ems_grid)
-    stats = _ems(ctx, probe, cfg, timesteps[0], update)
-    if bar is not None:
-        bar.close()
+    with bar(ctx.progress, cfg.ems_grid, "DPM-Solver-v3 statistics") as b:
+        stats = _ems(ctx, probe, cfg, timesteps[0], _advance(b))
     calls = v3_calls(timesteps, [probe.lam(t) for t in timesteps] + [math.inf], probe.kind, stats,
                      order=2, corrector=True)
     _finish(ctx, calls, {"name": "steps", "method": "dpm-v3", "config": cfg.to_json(), "calls": len(calls),
@@ -133,17 +129,15 @@ def _plan_search(ctx, cfg: StepsConfig) -> None:
     search_noise = initial_noise(cfg.seed + 1000, cfg.search_samples, shape).astype(np.float64)
     held_noise = initial_noise(cfg.seed + 2000, cfg.held_out, shape).astype(np.float64)
     ref_calls = min(cfg.reference_calls, start)
-    searcher = ScheduleSearch(probe, probe.abar, probe.kind, search_noise, search_noise, stats=stats, start=start)
+    recipe_plan = Plan(tuple(int(round(c.timestep)) for c in ctx.calls), (2,) * len(ctx.calls),
+                       (False,) * len(ctx.calls))
+    searcher = ScheduleSearch(probe, probe.abar, probe.kind, search_noise, search_noise, stats=stats, start=start,
+                              extra_candidates={"recipe dpm++2m": recipe_plan})
     reference_plan = searcher.fixed_candidates(ref_calls)["dpm++2m uniform-t"]
     search_ref, held_ref = searcher.sample(reference_plan, search_noise), searcher.sample(reference_plan, held_noise)
     searcher.reference = search_ref
-    searcher.extra_candidates = {"recipe dpm++2m": Plan(tuple(int(round(c.timestep)) for c in ctx.calls),
-                                                       (2,) * len(ctx.calls), (False,) * len(ctx.calls))} \
-        if len(ctx.calls) == calls else {}
-    bar, update = _bar(ctx, f"searching a {calls}-call schedule", cfg.candidates)
-    result = searcher.run(calls, max_candidates=cfg.candidates, progress=update)
-    if bar is not None:
-        bar.close()
+    with bar(ctx.progress, cfg.candidates, f"searching a {calls}-call schedule", unit="table") as b:
+        result = searcher.run(calls, max_candidates=cfg.candidates, progress=_advance(b))
     fixed = searcher.fixed_candidates(calls)[result.best_fixed]
     held = {"searched": _relative_error(searcher.sample(result.plan, held_noise), held_ref),
             "best_fixed": _relative_error(searcher.sample(fixed, held_noise), held_ref)}
