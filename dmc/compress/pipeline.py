@@ -16,7 +16,7 @@ from dmc.artifact import ArtifactWriter, read_manifest
 from dmc.compress.context import CompileContext, GraphVariant
 from dmc.compress.passes import run_passes
 from dmc.errors import DmcError
-from dmc.export.graphs import write_graphs
+from dmc.export.graphs import compact, write_graphs
 from dmc.export.onnx_export import DEFAULT_OPSET, check_opset, export_onnx
 from dmc.models.adapters import make_adapter
 from dmc.models.families import refuse_unsupported_passes
@@ -131,6 +131,10 @@ def compile_model(source: str, out: str | Path, options: CompileOptions | None =
         # release: the in-memory graphs drop their weight bytes once written (verify reads the files)
         write_graphs({**{n: g.onnx for n, g in ctx.graphs.items()}, **(parts.graphs if parts else {})},
                      writer.root / "graphs", release=True)
+        for g in ctx.graphs.values():
+            g.onnx = compact(g.onnx)
+        if parts is not None:
+            parts.graphs = {n: compact(g) for n, g in parts.graphs.items()}
         if ctx.tables:
             np.savez(writer.root / "tables.npz", **ctx.tables)
         for rel, data in ctx.extra_files.items():
@@ -246,6 +250,8 @@ def verify(ctx: CompileContext, root: Path, manifest: dict, n: int, progress: bo
                                            reference_first_group, torch_price)
 
     # torch first, then free it, then ONNX Runtime: a big model's weights are never held twice
+    if progress:  # one line per side: bench_compile_cost --stages splits peak memory on them
+        print("[dmc] verification: the torch reference", file=sys.stderr, flush=True)
     reference = ctx.torch_pipeline(reference=True)
     first = reference_first_group(ctx, reference, progress)
     n = images_within_budget(torch_price(first), n, budget_s)
@@ -254,6 +260,8 @@ def verify(ctx: CompileContext, root: Path, manifest: dict, n: int, progress: bo
     del reference
     if not keep_torch:
         release_torch(ctx)
+    if progress:
+        print("[dmc] verification: the artifact in ONNX Runtime", file=sys.stderr, flush=True)
     runtime = Pipeline.from_manifest(manifest_obj, OnnxRuntimeExecutor(manifest_obj, providers=["CPUExecutionProvider"]))
     early = compare_first_group(ctx, runtime, first, progress)  # raises, with the figure, when far off
     got = runtime.sample(n, seed=ctx.recipe.seed, progress=progress, batch_size=batch)

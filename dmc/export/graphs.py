@@ -23,7 +23,8 @@ def write_graphs(graphs: dict[str, onnx.ModelProto], folder: Path, release: bool
     """Save each graph as ``folder/<name>.onnx`` with large tensors deduplicated in ``weights.bin``.
 
     The graphs are left as they were, unless ``release``: then they keep only references into the
-    written weights file (their tensor bytes are freed; use it when nothing reads weights any more).
+    written weights file (use it when nothing reads weights any more, and swap each graph for
+    ``compact(graph)``: only that gives the bytes back).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -35,3 +36,13 @@ def write_graphs(graphs: dict[str, onnx.ModelProto], folder: Path, release: bool
                     raise ValueError(f"{name}: initializer {tensor.name} is already external; load it first")
             paths[name] = save_model(model, folder / f"{name}.onnx", weights, release=release)
     return paths
+
+
+def compact(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A fresh copy of a released graph (weights external), so the original can be dropped.
+
+    Python protobuf (upb) keeps a message tree's memory in one arena until the whole tree is
+    gone: clearing the tensors' bytes frees nothing, and a released SD 1.5 graph still held its
+    3.4 GB of weights through verification. The copy is small, since only references remain.
+    """
+    return onnx.ModelProto.FromString(model.SerializeToString())
