@@ -244,3 +244,34 @@ def test_release_torch_frees_every_weight_before_onnx_runtime_opens(monkeypatch,
     out = compile_model("demo", tmp_path / "a.dmc", CompileOptions(recipe=Recipe(steps=4), verify_images=1))
     assert seen == {"alive": 0, "opened_after_release": True}
     assert (out / "manifest.json").exists()
+
+
+def test_released_graphs_compact_to_their_structure(tmp_path):
+    """After a release-mode write, ``compact`` gives a graph without the weight bytes (upb frees a
+    message tree's memory only when the whole tree goes, so the pipeline swaps in this copy)."""
+    from dmc.export.graphs import compact
+
+    w = np.random.default_rng(2).standard_normal((256, 256), dtype=np.float32)
+    model = _matmul_model(w, np.zeros(256, np.float32))
+    write_graphs({"g": model}, tmp_path, release=True)
+    small = compact(model)
+    assert small.ByteSize() < 4096 < w.nbytes
+    assert [t.name for t in small.graph.initializer] == ["w", "b"]
+    assert small.graph.initializer[0].data_location == TensorProto.EXTERNAL
+    x = np.ones((1, 256), np.float32)
+    got = ort.InferenceSession(str(tmp_path / "g.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, x @ w, rtol=1e-5, atol=1e-4)
+
+
+def test_memory_pattern_is_off_for_big_weights(tmp_path, monkeypatch):
+    """ONNX Runtime's memory pattern doubles an SD-size model's activation peak: off above the bound."""
+    from dmc.artifact import read_manifest
+    from dmc.compress.pipeline import CompileOptions, compile_model
+    from dmc.runtimes import onnxruntime_executor as ex
+    from dmc.sampling import Recipe
+
+    art = compile_model("demo", tmp_path / "a.dmc", CompileOptions(recipe=Recipe(steps=4), verify_images=1))
+    manifest = read_manifest(art)
+    assert ex.OnnxRuntimeExecutor(manifest).sessions["full"].get_session_options().enable_mem_pattern
+    monkeypatch.setattr(ex, "MEM_PATTERN_MAX_WEIGHT_BYTES", 1 << 20)  # the demo's 4.4 MB of weights is "big"
+    assert not ex.OnnxRuntimeExecutor(manifest).sessions["full"].get_session_options().enable_mem_pattern

@@ -132,9 +132,10 @@ def _point_at(tensor: onnx.TensorProto, location: str, offset: int, length: int)
 @contextmanager
 def _weights_out(model: onnx.ModelProto, weights: WeightsWriter, location: str, keep_out: bool = False):
     """Within the block, every large initializer of ``model`` points into ``weights``; afterwards
-    the tensor bytes are back in place (the caller's graph is not changed) unless ``keep_out``."""
+    the tensor bytes are back in place (the caller's graph is not changed) unless ``keep_out``.
+    With ``keep_out`` no copy of the bytes is kept (reading ``raw_data`` copies it: keeping them all
+    held a second 3.4 GB for SD 1.5), so a failure midway leaves the graph pointing at the file."""
     moved = []
-    ok = False
     try:
         for tensor in _initializers(model):
             if not _movable(tensor):
@@ -142,11 +143,10 @@ def _weights_out(model: onnx.ModelProto, weights: WeightsWriter, location: str, 
             raw = _to_raw(tensor)
             offset, length = weights.put(raw)
             _point_at(tensor, location, offset, length)
-            moved.append((tensor, raw))
+            moved.append((tensor, None if keep_out else raw))
         yield
-        ok = True
     finally:
-        for tensor, raw in ([] if ok and keep_out else moved):
+        for tensor, raw in ([] if keep_out else moved):
             del tensor.external_data[:]
             tensor.data_location = onnx.TensorProto.DEFAULT
             tensor.raw_data = raw
