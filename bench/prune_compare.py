@@ -13,7 +13,8 @@ from dmc.models.adapters import make_adapter
 from dmc.prune.structures import find_units
 from dmc.prune.masks import MaskSet
 from dmc.prune.slicing import binarize, slice_model
-from dmc.prune.train import learn_masks, TrainOptions, conditions
+from dmc.learn.unrolled import conditions
+from dmc.prune.train import learn_masks, TrainOptions
 from dmc.learn.unrolled import UnrolledSampler
 from dmc.sampling import Recipe
 from dmc.sampling.compile import compile_calls

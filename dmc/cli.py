@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from dmc.cache.config import SCHEDULES as CACHE_SCHEDULES
 from dmc.errors import DmcError
 from dmc.runtimes.executor import BACKENDS as _BACKENDS
 from dmc.sampling.schedules import PRESETS
@@ -110,8 +111,15 @@ def _step_plan(sampler: str, sampler_given: bool, steps, calls):
               help="Q/DQ rules of the target: ort-cpu (ONNX Runtime), trt (TensorRT: symmetric int8) or "
                    "ov-cpu (OpenVINO: symmetric int8, private Q/DQ; run with --backend openvino).")
 @click.option("--cache", is_flag=True, help="Feature caching (DeepCache for UNets, block caching for DiTs).")
-@click.option("--cache-schedule", type=click.Choice(["uniform", "dp", "bac"]), default=None,
-              help="Refresh schedule: uniform, CacheQuant's dp, or BAC (DiT blocks). Default: the pass's own.")
+@click.option("--cache-schedule", type=click.Choice(CACHE_SCHEDULES), default=None,
+              help="Refresh schedule: uniform, CacheQuant's dp, BAC, or HarmoniCa's learned router. "
+                   "Default: auto (dp for UNets, bac for DiTs).")
+@click.option("--router-iterations", type=click.IntRange(min=1), default=None,
+              help="Router training iterations (default 30; each runs the whole sampler).")
+@click.option("--router-alpha", type=click.FloatRange(min=0), default=None,
+              help="Router's compute weight alpha (default 1e-3): larger caches more.")
+@click.option("--router-threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="Router: compute where the score r > this (HarmoniCa's rule); default: the budget's best calls.")
 @click.option("--cache-interval", type=click.IntRange(min=1), default=None, help="N: about one full call in N (default 3).")
 @click.option("--size", type=int, nargs=2, default=None, metavar="H W",
               help="Image size in pixels (static shapes; default: the model's own).")

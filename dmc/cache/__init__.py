@@ -41,6 +41,10 @@ def describe(manifest, schedule_png: str | None = None) -> dict:
     if "theoretical_speedup" in record:
         head += f" (x{record['theoretical_speedup']:.2f} by MACs)"
     text = [head, f"  schedule {groups}"]
+    router = record.get("router")
+    if router:
+        text.append(f"  router: {router['kind']}, {router['iterations']} iterations in {router['seconds']:.0f} s; "
+                    f"keeps {router['rule']}; relative error {router['loss_first']:.2g} -> {router['loss_last']:.2g}")
     if record.get("forecast"):
         fc = record["forecast"]
         text.append(f"  forecast: cached features extrapolated (order {fc['order']}, TaylorSeer), "

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 from dmc.errors import DmcError
 
-SCHEDULES = ("auto", "uniform", "dp", "bac")
+SCHEDULES = ("auto", "uniform", "dp", "bac", "router")
 METHODS = ("reuse", "forecast")
 
 
@@ -25,6 +25,10 @@ class CacheConfig:
     - ``full_first``: leading calls that always refresh; None = the sampler's order (2 for dpm++2m).
     - ``budget``/``n_bubbling``/``max_variants``: BAC refreshes per block, bubbled blocks, and the cap
       on distinct per-call graphs (DiT). ``budget`` None = ceil(K / interval).
+    - ``router_*``: HarmoniCa's learned router (``schedule="router"``, ``router.py``): training
+      iterations, batch, Adam lr, α (weight of the compute term: larger caches more), the
+      IEPO λ refresh period, and ``router_threshold`` θ: None keeps each point's ``budget`` best
+      calls (equal compute to uniform at ``interval``), a value keeps the calls whose score r > θ.
     - ``seed``/``num_samples``: the seeded FP trajectory whose features drive the schedule search and
       the correction fit (None seed = the recipe's seed).
     """
@@ -41,6 +45,13 @@ class CacheConfig:
     num_samples: int = 8
     method: str = "reuse"  # "forecast": TaylorSeer extrapolation of cached features (forecast.py)
     order: int = 1  # forecast order (1 or 2)
+    router_iterations: int = 30
+    router_batch: int = 4
+    router_lr: float = 0.1
+    router_alpha: float = 1e-3
+    router_lambda_every: int = 10
+    router_threshold: float | None = None
+    router_init_std: float = 1.0  # HarmoniCa draws the logits from N(0, 1)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -57,6 +68,12 @@ class CacheConfig:
             raise DmcError(f"full_first must be >= 1 (the first call has nothing cached), got {self.full_first}")
         if self.num_samples < 1:
             raise DmcError(f"num_samples must be >= 1, got {self.num_samples}")
+        if self.router_iterations < 1 or self.router_batch < 1 or self.router_lambda_every < 1:
+            raise DmcError("router iterations, batch and lambda period must be >= 1")
+        if self.router_lr <= 0 or self.router_alpha < 0:
+            raise DmcError(f"router lr must be > 0 and alpha >= 0, got {self.router_lr}, {self.router_alpha}")
+        if self.router_threshold is not None and not 0.0 < self.router_threshold < 1.0:
+            raise DmcError(f"router threshold must be in (0, 1), got {self.router_threshold}")
         if self.max_variants is not None and self.max_variants < 1:
             raise DmcError(f"max_variants must be >= 1, got {self.max_variants}")
 

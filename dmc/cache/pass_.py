@@ -37,21 +37,17 @@ def schedule_string(refresh) -> str:
     return "".join("F" if r else "." for r in np.asarray(refresh, dtype=bool))
 
 
-def choose_schedule(cfg: CacheConfig, num_calls: int, full_first: int, features: np.ndarray | None) -> np.ndarray:
-    """Refresh mask ``[K]`` for one cache point."""
-    from dmc.cache import schedules
+AUTO = {"dit": "bac"}  # --cache-schedule auto per family; any other family: "dp"
 
-    if cfg.schedule == "uniform":
-        refresh = schedules.uniform(num_calls, cfg.interval, full_first)
-    elif cfg.schedule in ("dp", "auto"):
-        refresh = schedules.cachequant_dp(features, cfg.interval, full_first)
-    else:  # "bac" on a single cache point is ACS alone
-        budget = cfg.budget or math.ceil(num_calls / cfg.interval)
-        refresh = schedules.bac(features[:, None], budget, [], 0, full_first)[:, 0]
-    refresh = np.asarray(refresh, dtype=bool)
-    if refresh.shape != (num_calls,) or not refresh[:full_first].all():
-        raise DmcError(f"cache schedule is malformed: {schedule_string(refresh)}")
-    return refresh
+
+def choose_schedule(cfg: CacheConfig, num_calls: int, full_first: int, features: np.ndarray | None) -> np.ndarray:
+    """Refresh mask ``[K]`` for one cache point from its features ``[K, samples, ...]`` (None: none recorded)."""
+    from dmc.cache.choose import CachePoints, choose
+
+    if cfg.schedule == "auto":
+        cfg = dataclasses.replace(cfg, schedule="dp")
+    points = CachePoints(["deep"], _features=None if features is None else np.asarray(features)[:, None])
+    return choose(None, cfg, points, num_calls, full_first, 0).refresh[:, 0]
 
 
 def _opset(ctx) -> int:
@@ -69,7 +65,7 @@ def run_cache(ctx, cfg: CacheConfig) -> None:
     full_first = cfg.full_first if cfg.full_first is not None else default_full_first(ctx.recipe.sampler)
     seed = ctx.recipe.seed if cfg.seed is None else cfg.seed
     if cfg.schedule == "auto":
-        cfg = dataclasses.replace(cfg, schedule="bac" if ctx.adapter.family == "dit" else "dp")
+        cfg = dataclasses.replace(cfg, schedule=AUTO.get(ctx.adapter.family, "dp"))
     if ctx.adapter.family == "dit":
         return _run_dit(ctx, cfg, full_first, seed)
     if ctx.loaded.class_name not in ("UNet2DModel", "UNet2DConditionModel"):
@@ -84,15 +80,17 @@ def _run_unet(ctx, cfg, full_first, seed, num_calls) -> None:
     from dmc.compress.context import GraphVariant
     from dmc.export.onnx_export import export_onnx
 
+    from dmc.cache.choose import CachePoints, choose
+
     model = ctx.adapter.model
     deepcache.check_unet(model, cfg.branch)
-    uniform = cfg.schedule == "uniform"
-    need = not uniform or (cfg.correction and cfg.interval > 1)
-    feats = features.record_unet_features(ctx, cfg.branch, cfg.num_samples, seed) if need else None
-    refresh = choose_schedule(cfg, num_calls, full_first, feats)
+    points = CachePoints(["deep"], modules=lambda: [deepcache.cache_point(model, cfg.branch)],
+                         record=lambda: features.record_unet_features(ctx, cfg.branch, cfg.num_samples, seed)[:, None])
+    chosen = choose(ctx, cfg, points, num_calls, full_first, seed)
+    refresh = chosen.refresh[:, 0]
     cached = ~refresh
     correction = bool(cfg.correction and cached.any() and cfg.method == "reuse")  # DEC a1/b1 fit reuse
-    fit = fit_cache_correction(feats, refresh) if correction else None
+    fit = fit_cache_correction(points.features()[:, 0], refresh) if correction else None
 
     full, shallow, ex_full, ex_shallow, macs = deepcache.build_modules(
         ctx.adapter, ctx.sample_shape, cfg.branch, correction)
@@ -143,6 +141,7 @@ def _run_unet(ctx, cfg, full_first, seed, num_calls) -> None:
         "cost_ratio": round(ratio, 4),
         "theoretical_speedup": round(1.0 / ratio, 3),
     }
+    record.update(chosen.record)
     if forecast is not None:
         record["forecast"] = forecast
     if fit is not None:
@@ -161,6 +160,7 @@ def _run_unet(ctx, cfg, full_first, seed, num_calls) -> None:
 
 def _run_dit(ctx, cfg, full_first, seed) -> None:
     from dmc.cache import features, schedules
+    from dmc.cache.choose import CachePoints, choose
 
     try:
         from dmc.cache.dit_blocks import build_dit_cache, dit_branch_layout
@@ -169,18 +169,11 @@ def _run_dit(ctx, cfg, full_first, seed) -> None:
     num_calls = len(ctx.calls)
     names, ffn = dit_branch_layout(ctx)
     num_blocks = len(names)
-    if cfg.schedule == "uniform":
-        refresh = np.repeat(schedules.uniform(num_calls, cfg.interval, full_first)[:, None], num_blocks, 1)
-    else:
-        feats, names, ffn = features.record_dit_features(ctx, cfg.num_samples, seed)
-        if cfg.schedule == "bac":
-            budget = cfg.budget or math.ceil(num_calls / cfg.interval)
-            refresh = schedules.bac(feats, budget, ffn, cfg.n_bubbling, full_first,
-                                    max_variants=cfg.max_variants)
-        else:  # "dp": one CacheQuant schedule shared by every branch
-            one = schedules.cachequant_dp(feats.reshape(num_calls, -1), cfg.interval, full_first)
-            refresh = np.repeat(np.asarray(one, dtype=bool)[:, None], num_blocks, 1)
-    refresh = np.asarray(refresh, dtype=bool)
+    blocks = ctx.adapter.model.transformer_blocks
+    points = CachePoints(names, ffn, modules=lambda: [m for b in blocks for m in (b.attn1, b.ff)],  # branch order
+                         record=lambda: features.record_dit_features(ctx, cfg.num_samples, seed)[0])
+    chosen = choose(ctx, cfg, points, num_calls, full_first, seed)
+    refresh = chosen.refresh
     build_dit_cache(ctx, cfg, refresh)
     patterns, _ = schedules.distinct_rows(refresh)
     forecast = None
@@ -202,5 +195,6 @@ def _run_dit(ctx, cfg, full_first, seed) -> None:
         "distinct_patterns": len(patterns),
         "cost_ratio": round(float(refresh.mean()), 4),  # fraction of sub-block computations that run
         "cost_ratio_kind": "fraction of cached sub-block computations run (blocks weighted equally)",
+        **chosen.record,
         **({"forecast": forecast} if forecast else {}),
     })

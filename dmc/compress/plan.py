@@ -16,6 +16,8 @@ def plan_passes(int8: bool = False, cache: bool = False, seed: int = 0, prune: f
                 prune_iterations: int | None = None, prune_samples: int | None = None,
                 cache_schedule: str | None = None, cache_interval: int | None = None,
                 cache_method: str | None = None, forecast_order: int | None = None,
+                router_iterations: int | None = None, router_alpha: float | None = None,
+                router_threshold: float | None = None,
                 calibration: str = "ndtc", calib_samples: int = 256, calib_budget: float | None = None,
                 scale_groups: int = 1, profile: str = "ort-cpu", step_plan: str | None = None,
                 calls: int | None = None, search_candidates: int | None = None,
@@ -38,7 +40,8 @@ def plan_passes(int8: bool = False, cache: bool = False, seed: int = 0, prune: f
         from dmc.cache import CacheConfig
 
         kw = {"schedule": cache_schedule, "interval": cache_interval, "method": cache_method,
-              "order": forecast_order}
+              "order": forecast_order, "router_iterations": router_iterations, "router_alpha": router_alpha,
+              "router_threshold": router_threshold}
         passes.append(CacheConfig(**{k: v for k, v in kw.items() if v is not None}))
     if int8:
         from dmc.quantize import QuantizeConfig

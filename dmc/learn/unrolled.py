@@ -16,7 +16,19 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-from dmc.sampling.calls import SamplerCall
+from dmc.sampling.calls import SamplerCall, default_labels
+
+
+def conditions(adapter, n: int, first: int = 0) -> tuple[dict, dict]:
+    """Conditioning tensors the runtime would feed for images ``first..first+n-1`` (and their unconditional twin)."""
+    cond = adapter.conditioning()
+    if cond.kind == "class":
+        labels = torch.from_numpy(default_labels(n, cond.num_classes, first))
+        return {"class_labels": labels}, {"class_labels": torch.full((n,), cond.null_class, dtype=torch.long)}
+    if cond.kind == "embedding":
+        z = torch.zeros(n, *cond.embedding_shape)
+        return {"encoder_hidden_states": z}, {"encoder_hidden_states": z}
+    return {}, {}
 
 
 class StepNoise(Protocol):
@@ -59,7 +71,8 @@ class UnrolledSampler:
         self.guidance = guidance if guidance is not None and guidance > 1.0 else None
         self.history_len = max(len(c.c) for c in calls) - 1
 
-    def _predict(self, k: int, x: torch.Tensor, cond: dict, uncond: dict) -> torch.Tensor:
+    def predict(self, k: int, x: torch.Tensor, cond: dict, uncond: dict) -> torch.Tensor:
+        """Call ``k``'s (guided) model prediction at state latent ``x``."""
         call = self.calls[k]
         if self.guidance is None:
             t = torch.full((len(x),), call.timestep, dtype=torch.float32)
@@ -75,9 +88,12 @@ class UnrolledSampler:
 
     def step(self, k: int, state: tuple, cond: dict, uncond: dict) -> tuple:
         """One model call and its update: state in, state out."""
+        return self.advance(k, state, self.predict(k, state[0], cond, uncond))
+
+    def advance(self, k: int, state: tuple, out: torch.Tensor) -> tuple:
+        """Call ``k``'s sampler update from ``state`` with the model prediction ``out``."""
         x = state[0]
         history = list(state[1:])
-        out = self._predict(k, x, cond, uncond)
         x_next = torch_sampler_update(self.calls[k], x, out, history)
         history += [torch.zeros_like(x)] * (self.history_len - len(history))
         return (x_next,) + tuple(history[: self.history_len])

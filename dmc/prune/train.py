@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dmc.learn.unrolled import UnrolledSampler
+from dmc.learn.unrolled import UnrolledSampler, conditions
 from dmc.prune.masks import MaskSet
-from dmc.sampling.calls import default_labels, initial_noise
+from dmc.sampling.calls import initial_noise
 
 
 @dataclass
@@ -31,18 +31,6 @@ class TrainOptions:
     rho: float = 10.0  # quadratic (augmented Lagrangian) term: damps the multiplier's overshoot
     delta: float = 0.5  # hard-concrete noise shrink (EcoDiff's masking_eps for SDXL)
     seed: int = 0
-
-
-def conditions(adapter, n: int, first: int = 0) -> tuple[dict, dict]:
-    """Conditioning tensors the runtime would feed for images ``first..first+n-1`` (and their unconditional twin)."""
-    cond = adapter.conditioning()
-    if cond.kind == "class":
-        labels = torch.from_numpy(default_labels(n, cond.num_classes, first))
-        return {"class_labels": labels}, {"class_labels": torch.full((n,), cond.null_class, dtype=torch.long)}
-    if cond.kind == "embedding":
-        z = torch.zeros(n, *cond.embedding_shape)
-        return {"encoder_hidden_states": z}, {"encoder_hidden_states": z}
-    return {}, {}
 
 
 def _take(d: dict, idx) -> dict:
