@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 
 from dmc.cache import CacheConfig, describe
-from dmc.cache.pass_ import choose_schedule, default_full_first, run_cache, schedule_string
+from dmc.cache.choose import CachePoints, choose
+from dmc.cache.pass_ import default_full_first, run_cache, schedule_string
+
+
+def choose_schedule(cfg, num_calls, full_first, features):
+    """The registry's schedule for one cache point with these recorded features ``[K, samples, ...]``."""
+    points = CachePoints(["deep"], _features=None if features is None else np.asarray(features)[:, None])
+    return choose(None, cfg, points, num_calls, full_first, 0).refresh[:, 0]
 from dmc.compress.passes import _HANDLERS
 from dmc.errors import DmcError
 from dmc.sampling import Recipe

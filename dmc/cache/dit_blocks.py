@@ -333,24 +333,5 @@ def record_dit_branch_features(ctx, n: int = 8, seed: int | None = None, batch_s
     return out
 
 
-def uniform_refresh(num_calls: int, num_layers: int, interval: int, full_first: int = 1) -> np.ndarray:
-    """``[K, 2L]``: every branch refreshes at the same calls (every ``interval``-th, plus the first ones)."""
-    from dmc.cache.schedules import uniform
-
-    return np.repeat(uniform(num_calls, interval, full_first)[:, None], 2 * num_layers, axis=1)
-
-
-def bac_refresh(ctx, budget: int, n_bubbling: int, n: int = 8, seed: int | None = None, full_first: int = 1,
-                metric: str = "cosine", max_variants: int | None = None,
-                features: np.ndarray | None = None) -> np.ndarray:
-    """BAC schedule ``[K, 2L]`` for this DiT from recorded branch features (recorded here if not given)."""
-    from dmc.cache.schedules import bac
-
-    if features is None:
-        features = record_dit_branch_features(ctx, n, seed)
-    _, ffn = dit_branch_layout(ctx)
-    return bac(features, budget, ffn, n_bubbling, full_first, metric, max_variants)
-
-
 __all__ = ["DiTCachedStep", "build_dit_cache", "record_dit_branch_features", "dit_branch_layout",
-           "branch_labels", "cache_names", "uniform_refresh", "bac_refresh", "check_supported", "graph_names"]
+           "branch_labels", "cache_names", "check_supported", "graph_names"]

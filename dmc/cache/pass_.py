@@ -16,7 +16,6 @@ graph on the feeds it receives under this schedule (CacheQuant's joint calibrati
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 
@@ -38,16 +37,6 @@ def schedule_string(refresh) -> str:
 
 
 AUTO = {"dit": "bac"}  # --cache-schedule auto per family; any other family: "dp"
-
-
-def choose_schedule(cfg: CacheConfig, num_calls: int, full_first: int, features: np.ndarray | None) -> np.ndarray:
-    """Refresh mask ``[K]`` for one cache point from its features ``[K, samples, ...]`` (None: none recorded)."""
-    from dmc.cache.choose import CachePoints, choose
-
-    if cfg.schedule == "auto":
-        cfg = dataclasses.replace(cfg, schedule="dp")
-    points = CachePoints(["deep"], _features=None if features is None else np.asarray(features)[:, None])
-    return choose(None, cfg, points, num_calls, full_first, 0).refresh[:, 0]
 
 
 def _opset(ctx) -> int:
