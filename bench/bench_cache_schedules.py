@@ -5,7 +5,9 @@
 For each model: the FP32 artifact and one artifact per schedule, all compiled with the real
 cache pass through ``compile_model`` (recipe: dpm++2m 20 steps, the models' default guidance),
 every one with 7 refreshes of 20 calls per cache point (uniform N=3; DP at N=3; BAC, router and
-their forecasts with budget 7). Quality is ``dmc eval`` against the model itself (torch FP32,
+their forecasts with budget 7), except the two rows with HarmoniCa's threshold rule, whose compute
+follows α. DiT rows can refresh more than their budget: BAC's bubbling union and the cap of 4
+distinct per-call graphs add refreshes (the cost column is the fraction of branch computations run). Quality is ``dmc eval`` against the model itself (torch FP32,
 same seeds): paired PSNR and the Fréchet distance with its bootstrap interval. The router's
 training time is reported separately (it is part of the compile).
 """
@@ -36,6 +38,9 @@ def variants() -> dict[str, list]:
         "uniform N=3 + forecast 1": [cc(schedule="uniform", interval=INTERVAL, method="forecast", order=1)],
         "uniform N=3 + forecast 2": [cc(schedule="uniform", interval=INTERVAL, method="forecast", order=2)],
         "router M=7 + forecast 1": [cc(schedule="router", budget=BUDGET, method="forecast", order=1)],
+        # HarmoniCa's own rule (compute where r > θ): the compute follows α, not a budget
+        "router r>0.5, alpha 1e-2": [cc(schedule="router", router_threshold=0.5, router_alpha=1e-2)],
+        "router r>0.5, alpha 3e-2": [cc(schedule="router", router_threshold=0.5, router_alpha=3e-2)],
     }
 
 

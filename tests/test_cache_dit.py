@@ -137,7 +137,9 @@ def test_interval_one_writes_no_caches():
     with pytest.raises(DmcError):
         D.build_dit_cache(ctx, None, np.ones((4, 12), dtype=bool))
     # branch features of the uncached trajectory, and a BAC schedule from them
-    feats = D.record_dit_branch_features(ctx, n=2, seed=0)
+    from dmc.cache.features import record_dit_features
+
+    feats = record_dit_features(ctx, 2, 0)[0]
     assert feats.shape == (3, 12, 4, 64, 128) and np.isfinite(feats).all()
     _, ffn = D.dit_branch_layout(ctx)
     r = bac(feats, budget=2, ffn_blocks=ffn, n_bubbling=2)

@@ -20,7 +20,6 @@ graph input of that name, which the runtime's ``Pipeline`` feeds from its buffer
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import torch
@@ -278,60 +277,5 @@ def build_dit_cache(ctx, cfg, refresh: np.ndarray) -> None:
         call.extra["cache"] = {"refresh": [bool(v) for v in refresh[k]]}
 
 
-class _Recorder:
-    """Executor wrapper that keeps every call's extra outputs (the branch caches)."""
-
-    def __init__(self, inner):
-        self.inner = inner
-        self.calls: list[list[np.ndarray]] = []
-
-    def __getattr__(self, attr):  # the rest of the executor contract
-        return getattr(self.inner, attr)
-
-    def output_names(self, graph):
-        return self.inner.output_names(graph)
-
-    def run(self, graph, feeds):
-        outs = self.inner.run(graph, feeds)
-        self.calls.append([self.inner.to_numpy(o) for o in outs[1:]])
-        return outs
-
-
-def record_dit_branch_features(ctx, n: int = 8, seed: int | None = None, batch_size: int = 16) -> np.ndarray:
-    """Pre-gate outputs of every branch at every call of the uncached FP trajectory.
-
-    Runs the recipe through the runtime's sampler loop with the all-computed graph as a torch
-    module (the context's own graphs and calls are not changed). Returns float32
-    ``[K, 2L, samples, tokens, hidden]``; with guidance the samples axis holds 2·n rows laid out
-    per batch as [unconditional; conditional], as the runtime feeds them.
-    """
-    from dmc.compress.torch_executor import TorchExecutor
-    from dmc.runtimes.pipeline import Pipeline
-
-    model = ctx.adapter.model
-    check_supported(model)
-    num_layers = len(model.transformer_blocks)
-    module = DiTCachedStep(ctx.adapter, (True,) * (2 * num_layers))
-    recorder = _Recorder(TorchExecutor({"record": module}, {"record": module.input_names},
-                                       {"record": module.output_names}))
-    calls = [dataclasses.replace(c, graph="record", extra=dict(c.extra)) for c in ctx.calls]
-    pipe = Pipeline(ctx.recipe, calls, ctx.sample_shape, ctx.adapter.conditioning().to_json(), recorder,
-                    tables=ctx.tables)
-    pipe.sample(n, seed=ctx.recipe.seed if seed is None else seed, batch_size=batch_size)
-    num_calls = len(calls)
-    per_batch = [recorder.calls[i:i + num_calls] for i in range(0, len(recorder.calls), num_calls)]
-    first = per_batch[0][0][0]
-    rows = sum(batch[0][0].shape[0] for batch in per_batch)
-    out = np.empty((num_calls, 2 * num_layers, rows, *first.shape[1:]), dtype=np.float32)  # no stacked copy
-    for k in range(num_calls):
-        for j in range(2 * num_layers):
-            start = 0
-            for batch in per_batch:
-                part = batch[k][j]
-                out[k, j, start:start + len(part)] = part
-                start += len(part)
-    return out
-
-
-__all__ = ["DiTCachedStep", "build_dit_cache", "record_dit_branch_features", "dit_branch_layout",
+__all__ = ["DiTCachedStep", "build_dit_cache", "dit_branch_layout",
            "branch_labels", "cache_names", "check_supported", "graph_names"]

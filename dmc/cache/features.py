@@ -58,9 +58,11 @@ def record_unet_features(ctx, branch: int, num_samples: int, seed: int) -> np.nd
 def record_dit_features(ctx, num_samples: int, seed: int) -> tuple[np.ndarray, list[str], list[int]]:
     """DiT branch outputs (pre-gate attention / MLP of every block) per call, with the branch
     labels in depth order and the FFN indices: the layout ``dit_blocks`` caches by
-    (``[K, 2L, S, tokens, hidden]``, ``["b0.attn", "b0.mlp", ...]``, ``[1, 3, ...]``)."""
+    (``[K, 2L, S, tokens, hidden]``, ``["b0.attn", "b0.mlp", ...]``, ``[1, 3, ...]``). The hooks sit
+    on each block's ``attn1`` and ``ff``, whose outputs are exactly what the cached graphs store."""
     from dmc.cache import dit_blocks
 
     labels, ffn = dit_blocks.dit_branch_layout(ctx)
-    feats = dit_blocks.record_dit_branch_features(ctx, num_samples, seed, batch_size=num_samples)
+    blocks = dit_blocks._transformer(ctx).transformer_blocks
+    feats = _record(ctx, [m for b in blocks for m in (b.attn1, b.ff)], num_samples, seed)
     return feats, labels, ffn
