@@ -275,3 +275,14 @@ def test_memory_pattern_is_off_for_big_weights(tmp_path, monkeypatch):
     assert ex.OnnxRuntimeExecutor(manifest).sessions["full"].get_session_options().enable_mem_pattern
     monkeypatch.setattr(ex, "MEM_PATTERN_MAX_WEIGHT_BYTES", 1 << 20)  # the demo's 4.4 MB of weights is "big"
     assert not ex.OnnxRuntimeExecutor(manifest).sessions["full"].get_session_options().enable_mem_pattern
+
+
+def test_tensor_bytes_bounds_the_serialized_size_without_serializing_the_whole_graph(monkeypatch):
+    """upb's ByteSize serializes (and fails above 2 GB), so the size is counted part by part; the count
+    must stay an upper bound, and must not call the whole graph's ByteSize."""
+    rng = np.random.default_rng(3)
+    model = _matmul_model(rng.standard_normal((64, 64), dtype=np.float32), np.zeros(64, np.float32))
+    exact = model.ByteSize()
+    assert exact <= external.tensor_bytes(model) <= exact * 1.02 + (80 << 10)
+    monkeypatch.setattr(onnx.ModelProto, "ByteSize", lambda self: (_ for _ in ()).throw(AssertionError("whole graph")))
+    assert external.tensor_bytes(model) > 64 * 64 * 4
