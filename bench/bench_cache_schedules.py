@@ -1,6 +1,6 @@
 """Cache schedules side by side at equal numbers of full computations (issue #12, item 5).
 
-    python bench/bench_cache_schedules.py --models demo demo-dit --out bench/results/cache_schedules.json
+    python bench/bench_cache_schedules.py --models demo demo-dit --out bench/results/cache_schedules.jsonl
 
 For each model: the FP32 artifact and one artifact per schedule, all compiled with the real
 cache pass through ``compile_model`` (recipe: dpm++2m 20 steps, the models' default guidance),
@@ -44,7 +44,7 @@ def variants() -> dict[str, list]:
     }
 
 
-def run(model: str, work: Path, n: int, only: list[str] | None) -> list[dict]:
+def run(model: str, work: Path, n: int, only: list[str] | None, out_file: Path | None) -> list[dict]:
     rows = []
     for name, passes in variants().items():
         if only and name not in only:
@@ -65,8 +65,12 @@ def run(model: str, work: Path, n: int, only: list[str] | None) -> list[dict]:
                "fd": round(ev["frechet"]["fd"], 3),
                "fd_ci": [round(ev["frechet"]["ci_low"], 3), round(ev["frechet"]["ci_high"], 3)],
                "reference_fd": round(ev["frechet"]["reference_model_fd"], 3)}
+        row["date"] = time.strftime("%Y-%m-%d")
         print(json.dumps(row), flush=True)
         rows.append(row)
+        if out_file is not None:  # one line per row: partial runs add up
+            with out_file.open("a") as f:
+                f.write(json.dumps(row) + "\n")
     return rows
 
 
@@ -76,13 +80,12 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=64, help="images per evaluation")
     ap.add_argument("--only", nargs="*", help="variant names to run (default: all)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/dmc-cache-schedules"))
-    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=None, help="append each row to this JSON-lines file")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    rows = [r for m in args.models for r in run(m, args.work, args.n, args.only)]
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=1))
+    rows = [r for m in args.models for r in run(m, args.work, args.n, args.only, args.out)]
     print(f"\n| model | variant | schedule | cost | PSNR mean / worst (dB) | FD [CI] | compile s |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
