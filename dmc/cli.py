@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -288,6 +289,8 @@ def main(argv=None) -> None:
     _register_optional_commands()
     _register_engine_command()
     warnings.showwarning = _show_warning
+    # a kill (SIGTERM) unwinds like an error, so the artifact writer removes its temporary folder and lock
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         cli.main(args=argv, prog_name="dmc", standalone_mode=False)
     except click.exceptions.Exit as e:

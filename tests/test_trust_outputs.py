@@ -115,3 +115,22 @@ def test_cli_reports_os_errors_as_one_line(tmp_path, monkeypatch, run_cli):
     code, _, err = run_cli("compress", "demo", "--out", tmp_path / "a.dmc")
     assert code == 2 and "/mnt/ro/a.dmc" in err and "Read-only file system" in err
     assert "internal error" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_killed_compile_leaves_no_temporary_folder_or_lock(tmp_path):
+    """SIGTERM mid-compile: exit 143, and neither the artifact, its temporary folder nor its lock remains."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "killed.dmc"
+    proc = subprocess.Popen([sys.executable, "-m", "dmc.cli", "compress", "demo", "--out", str(out), "--cache"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob(".killed.dmc.tmp-*")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the compile ended before it could be killed"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 143
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
