@@ -59,12 +59,27 @@ def _movable(tensor: onnx.TensorProto) -> bool:
 
 
 def tensor_bytes(model: onnx.ModelProto) -> int:
-    """About the bytes the graph would serialize to, counted per part: upb's ``ByteSize`` serializes
-    the message, so on a whole graph above 2 GB it fails (SD 1.5 ``--int8``) where each part works."""
-    g = model.graph
-    parts = (*g.initializer, *g.sparse_initializer, *g.node, *g.input, *g.output, *g.value_info, *model.functions)
-    counted = sum(part.ByteSize() for part in parts)
-    return int(counted * 1.01) + len(parts) * 6 + (64 << 10)  # field tags, names, opsets: an upper bound
+    """An upper bound of the bytes the graph would serialize to, counted field by field: upb's
+    ``ByteSize`` serializes the message, so on a whole graph above 2 GB it fails (SD 1.5 ``--int8``)
+    where each initializer and node works. The main graph is opened one level; every other
+    message is sized whole."""
+    return _fields_bytes(model, open_graph=True)
+
+
+def _fields_bytes(message, open_graph: bool = False) -> int:
+    total = 0
+    for field, value in message.ListFields():
+        for item in (value if field.is_repeated else [value]):
+            if field.type == field.TYPE_MESSAGE:
+                size = (_fields_bytes(item) if open_graph and field.name == "graph" else item.ByteSize())
+            elif isinstance(item, str):
+                size = len(item.encode())
+            elif isinstance(item, bytes):
+                size = len(item)
+            else:
+                size = 0
+            total += size + 11  # tag and length (or the scalar itself): at most 11 bytes
+    return total
 
 
 def needs_external(model: onnx.ModelProto) -> bool:
