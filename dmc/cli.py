@@ -284,13 +284,20 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(f"dmc: warning: {message}", file=sys.stderr)
 
 
+def _on_kill(*_) -> None:
+    """SIGTERM: remove any half-written artifact's temporary folder and lock, then exit 143."""
+    from dmc.artifact.writer import abandon_all
+
+    abandon_all()
+    os._exit(143)
+
+
 def main(argv=None) -> None:
     """Console entry point: user errors become one line on stderr and a non-zero exit."""
     _register_optional_commands()
     _register_engine_command()
     warnings.showwarning = _show_warning
-    # a kill (SIGTERM) unwinds like an error, so the artifact writer removes its temporary folder and lock
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGTERM, _on_kill)
     try:
         cli.main(args=argv, prog_name="dmc", standalone_mode=False)
     except click.exceptions.Exit as e:

@@ -117,7 +117,8 @@ def test_cli_reports_os_errors_as_one_line(tmp_path, monkeypatch, run_cli):
     assert "internal error" not in err and len(err.strip().splitlines()) == 1
 
 
-def test_a_killed_compile_leaves_no_temporary_folder_or_lock(tmp_path):
+@pytest.mark.parametrize("after_s", [0.0, 3.0])  # as the folder appears; during export / calibration
+def test_a_killed_compile_leaves_no_temporary_folder_or_lock(tmp_path, after_s):
     """SIGTERM mid-compile: exit 143, and neither the artifact, its temporary folder nor its lock remains."""
     import signal
     import subprocess
@@ -130,6 +131,7 @@ def test_a_killed_compile_leaves_no_temporary_folder_or_lock(tmp_path):
     deadline = time.time() + 120
     while not list(tmp_path.glob(".killed.dmc.tmp-*")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
+    time.sleep(after_s)
     assert proc.poll() is None, "the compile ended before it could be killed"
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 143

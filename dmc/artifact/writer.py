@@ -23,6 +23,14 @@ from dmc.artifact.manifest import FORMAT_NAME, FORMAT_VERSION, MANIFEST, sha256_
 from dmc.errors import DmcError
 
 MIB = 1 << 20
+_OPEN: set = set()  # writers between __enter__ and __exit__, for abandon_all()
+
+
+def abandon_all() -> None:
+    """Remove every open writer's temporary folder and lock (on a kill, before the process ends:
+    unwinding is not reliable, since libraries such as the ONNX exporter catch any exception)."""
+    for writer in list(_OPEN):
+        writer.__exit__(None, None, None)
 BUILD_LOG = "build.json"
 
 
@@ -55,6 +63,7 @@ class ArtifactWriter:
 
     def __enter__(self) -> "ArtifactWriter":
         self._claim()
+        _OPEN.add(self)
         try:
             self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
             free = shutil.disk_usage(self.out.parent).free
@@ -68,6 +77,7 @@ class ArtifactWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        _OPEN.discard(self)
         if self.tmp is not None and self.tmp.exists():
             shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp = None
