@@ -14,7 +14,7 @@ from pathlib import Path
 
 import onnx
 
-from dmc.export.external import ALIGN, INLINE_BELOW, WeightsWriter, save_model  # noqa: F401 (re-exported)
+from dmc.export.external import ALIGN, INLINE_BELOW, WeightsWriter, save_model, serialize  # noqa: F401 (re-exported)
 
 WEIGHTS_FILE = "weights.bin"
 
@@ -45,4 +45,4 @@ def compact(model: onnx.ModelProto) -> onnx.ModelProto:
     gone: clearing the tensors' bytes frees nothing, and a released SD 1.5 graph still held its
     3.4 GB of weights through verification. The copy is small, since only references remain.
     """
-    return onnx.ModelProto.FromString(model.SerializeToString())
+    return onnx.ModelProto.FromString(serialize(model))  # refuses, with a clear message, a graph still holding its weights
