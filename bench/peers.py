@@ -2,6 +2,12 @@
 
     python bench/peers.py --fp32 demo.dmc --int8 demo-int8.dmc --int8-ov demo-int8-ov.dmc \
         [--int8-cache fast.dmc] [--threads 1 2] [--repeats 5] [--n-quality 8]
+    python bench/peers.py --build-mid out/peers-mid [--threads 2]   # the mid-size UNet, built here
+
+``--build-mid WORK`` compiles (once) bench_cache.py's mid-size UNet (27.8 M parameters, random
+weights, class-conditional, DDIM 20, guidance 2) as the four dmc artifacts under WORK and compares
+those. Its INT8 artifacts are compiled with the fidelity floor off (random weights make samples
+chaotic, so the PSNR column measures that chaos, not INT8 quality; the demo rows measure quality).
 
 Variants (every one drives the same call table and initial noise; only the executor differs):
 torch eager FP32, ONNX Runtime FP32, OpenVINO FP32, OpenVINO INT8 quantized by NNCF's default
@@ -76,7 +82,8 @@ def _variants(args, threads: int) -> dict:
     from dmc.runtimes.pipeline import Pipeline
 
     fp32 = read_manifest(args.fp32)
-    v = {"torch eager FP32": open_model(fp32.model["source"], fp32.recipe, threads).pipeline,
+    v = {"torch eager FP32": open_model(fp32.model["source"], fp32.recipe, threads,
+                                        training_schedule=fp32.data.get("training_schedule")).pipeline,
          "ORT FP32 (dmc FP32 artifact)": load(args.fp32, threads=threads),
          "OpenVINO FP32": load(args.fp32, backend="openvino", threads=threads)}
     calib = _calibration_feeds(v["ORT FP32 (dmc FP32 artifact)"], NNCF_SUBSET)
@@ -88,6 +95,26 @@ def _variants(args, threads: int) -> dict:
     if args.int8_cache:
         v["dmc --int8 --cache (ORT)"] = load(args.int8_cache, threads=threads)
     return v
+
+
+def build_mid(work: str) -> dict[str, str]:
+    """bench_cache.py's mid-size UNet as the FP32, --int8, --int8 --profile ov-cpu and --int8 --cache
+    artifacts (compiled once under ``work``): argument name -> artifact path."""
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import bench_cache
+    from dmc.quantize import QuantizeConfig
+
+    specs = bench_cache.variants(mid=True)
+    specs["int8 ov-cpu"] = [QuantizeConfig(profile="ov-cpu", num_samples=4, batch_size=4), bench_cache.LatencyOnly()]
+    wanted = {"fp32": "fp32", "int8": "int8", "int8_ov": "int8 ov-cpu", "int8_cache": "cache DP + int8, joint + DEC"}
+    source = bench_cache.mid_model(Path(work) / "mid_unet")
+    paths = bench_cache.build(source, Path(work), {v: specs[v] for v in wanted.values()}, force=False, verify_images=1)
+    missing = [v for v in wanted.values() if v not in paths]
+    if missing:
+        raise SystemExit(f"peers: could not build {missing}")
+    return {arg: str(paths[v]) for arg, v in wanted.items()}
 
 
 def child(args) -> dict:
@@ -124,7 +151,8 @@ def child(args) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--fp32", required=True)
+    p.add_argument("--fp32")
+    p.add_argument("--build-mid", metavar="WORK", help="compile and compare the mid-size UNet's artifacts")
     p.add_argument("--int8")
     p.add_argument("--int8-ov")
     p.add_argument("--int8-cache")
@@ -134,6 +162,15 @@ def main(argv=None) -> int:
     p.add_argument("--n-quality", type=int, default=8)
     p.add_argument("--child-threads", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.build_mid and not args.child_threads:
+        for arg, path in build_mid(args.build_mid).items():
+            setattr(args, arg, path)
+        argv = [a for a in (sys.argv[1:] if argv is None else argv)]
+        i = argv.index("--build-mid")
+        argv = argv[:i] + argv[i + 2:] + [f"--{k.replace('_', '-')}={getattr(args, k)}"
+                                          for k in ("fp32", "int8", "int8_ov", "int8_cache")]
+    if not args.fp32:
+        p.error("--fp32 (or --build-mid) is required")
     if args.child_threads:
         print(json.dumps(child(args)))
         return 0
