@@ -285,10 +285,12 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 
 def _on_kill(*_) -> None:
-    """SIGTERM: remove any half-written artifact's temporary folder and lock, then exit 143."""
+    """SIGTERM: remove any half-written artifact's temporary folder and lock and the scratch folders, then exit 143."""
     from dmc.artifact.writer import abandon_all
+    from dmc.scratch import remove_all
 
     abandon_all()
+    remove_all()
     os._exit(143)
 
 

@@ -37,7 +37,7 @@ def _quantize(profile: str, bias: bool = True):
     prep = qdq.prepare_graph(_residual_model(bias), cfg, prof)
     rng = np.random.default_rng(1)
     batches = [{"sample": rng.standard_normal((4, 3, 8, 8)).astype(np.float32)}]
-    params = qdq.activation_params(qdq.record_stats(prep.model, prep.tensors, batches, 0), cfg, prof)
+    params = qdq.activation_params(qdq.record_stats(prep, batches, 0), cfg, prof)
     qm = qdq.build_qdq(prep, params, prof, cfg.op_types)
     if prof.private_dq:
         qdq.privatize_dq(qm, set(prep.layers))

@@ -18,7 +18,7 @@ from dmc.sampling.recipe import Recipe
 class GraphVariant:
     """One graph of the artifact and the torch module that computes the same thing."""
 
-    onnx: onnx.ModelProto
+    onnx: onnx.ModelProto | None  # None only inside the quantize pass, once its weights are on disk
     module: torch.nn.Module  # torch reference of this graph's computation (FP32)
     input_names: list[str]
     output_names: list[str]

@@ -227,11 +227,19 @@ def save_for_tool(model: onnx.ModelProto, folder: str | Path, name: str = "model
     return path
 
 
-def inference_session(model: onnx.ModelProto, options=None, providers=("CPUExecutionProvider",)):
+def inference_session(model: onnx.ModelProto, options=None, providers=("CPUExecutionProvider",), folder=None):
     """An ONNX Runtime session of an in-memory graph of any size (through a temporary folder with
-    external data when the graph is too large to pass as bytes)."""
+    external data when the graph is too large to pass as bytes). ``folder``: the graph's tensors
+    point at external data there (a structure-only graph); the session opens it from that folder."""
     import onnxruntime as ort
 
+    if folder is not None:
+        path = Path(folder) / "session.onnx"
+        path.write_bytes(serialize(model))
+        try:
+            return ort.InferenceSession(str(path), options, providers=list(providers))
+        finally:
+            path.unlink()
     if not needs_external(model):
         return ort.InferenceSession(serialize(model), options, providers=list(providers))
     with tempfile.TemporaryDirectory(prefix="dmc-ort-") as tmp:

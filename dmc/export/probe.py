@@ -5,11 +5,12 @@ from __future__ import annotations
 import onnx
 
 
-def session_with_outputs(model: onnx.ModelProto, tensors: list[str], optimization_level=None):
+def session_with_outputs(model: onnx.ModelProto, tensors: list[str], optimization_level=None, folder=None):
     """CPU session of ``model`` whose graph outputs include every name in ``tensors``.
 
     The outputs are added to ``model`` only while the session is built, then removed again: no
-    copy of the graph (which for a full-size UNet would be gigabytes of weights)."""
+    copy of the graph (which for a full-size UNet would be gigabytes of weights). ``folder``: where
+    the graph's external data lives, for a graph held as structure only."""
     import onnxruntime as ort
 
     from dmc.export.external import inference_session
@@ -26,7 +27,7 @@ def session_with_outputs(model: onnx.ModelProto, tensors: list[str], optimizatio
     if optimization_level is not None:
         options.graph_optimization_level = optimization_level
     try:
-        return inference_session(model, options)
+        return inference_session(model, options, folder=folder)
     finally:
         for _ in range(added):
             model.graph.output.pop()

@@ -48,6 +48,12 @@ def _map_by_layer(target: qdq.PreparedGraph, source: qdq.PreparedGraph, params: 
     return out
 
 
+def _dropper(graph: GraphVariant):
+    def drop() -> None:
+        graph.onnx = None
+    return drop
+
+
 @register_pass("quantize", QuantizeConfig)
 def quantize(ctx, cfg: QuantizeConfig) -> None:
     started = time.time()
@@ -59,7 +65,10 @@ def quantize(ctx, cfg: QuantizeConfig) -> None:
     used = {c.graph for c in ctx.calls}
     if not cfg.calibrate_under_schedule and "full" not in ctx.graphs:
         raise DmcError("calibrate_under_schedule=False needs the full graph to record the uncached trajectory")
-    prepared = {name: qdq.prepare_graph(g.onnx, cfg, profile) for name, g in sources.items() if name in used}
+    # Each graph to quantize is dropped from memory once its weights are in the prepared folder
+    # (it is replaced by its INT8 variant below); one with no layer to quantize stays as it is.
+    prepared = {name: qdq.prepare_graph(g.onnx, cfg, profile, release=_dropper(g))
+                for name, g in sources.items() if name in used}
     for name in [n for n, p in prepared.items() if not p.layers and n != "full"]:
         # a cached-step variant whose every quantizable layer is cached away or a float island stays float
         ctx.warnings.append(f"quantize: graph {name!r} has no layer to quantize (all cached or float islands); "
@@ -94,8 +103,7 @@ def quantize(ctx, cfg: QuantizeConfig) -> None:
                 raise DmcError(f"quantize: the calibration set never reached graph {name!r}")
             src_prep = prep if rec_graph == name else prepared_full
             progress = getattr(ctx, "progress", False)
-            stats = qdq.record_stats(src_prep.model, src_prep.tensors, [cset.batches[k] for k in rows], cfg.seed,
-                                     progress=progress)
+            stats = qdq.record_stats(src_prep, [cset.batches[k] for k in rows], cfg.seed, progress=progress)
             params = qdq.activation_params(stats, cfg, profile, progress=progress)
             del stats
             if src_prep is not prep:

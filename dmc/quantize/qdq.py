@@ -3,7 +3,8 @@
 Steps for one graph variant:
 
 1. ``prepare_graph``: shortcut splitting (``split.py``), layer names, the float-island policy and
-   the list of layers to quantize, then ``quant_pre_process(skip_symbolic_shape=True)``.
+   the list of layers to quantize, then ``quant_pre_process(skip_symbolic_shape=True)``, file to
+   file in a scratch folder where the weights stay (``PreparedGraph``).
 2. ``record_stats``: the prepared FP graph, with every tensor that will be quantized added as a
    graph output, runs in ONNX Runtime over the calibration feeds.
 3. dmc's ranges (``ranges.py``) become activation (scale, zero point) pairs.
@@ -27,10 +28,11 @@ import onnx
 from onnx import numpy_helper
 
 from dmc.errors import DmcError
-from dmc.export.external import needs_external, save_for_tool
+from dmc.export.external import MAX_PROTO_BYTES, WeightsWriter, save_model, serialize
 from dmc.quantize.profiles import Profile, weight_axis
 from dmc.quantize.ranges import ActivationStats, QParams, quantize_weights, weight_scales
 from dmc.quantize.split import SPLIT_TAG, split_concat_convs
+from dmc.scratch import scratch_folder
 
 # Conditioning-path layers (timestep / class / adaLN MLPs): per-sample vectors, negligible compute,
 # and the most sensitive place to add noise. Matched against layer names.
@@ -40,14 +42,34 @@ TIME_EMBEDDING_PATTERNS = ("*time_embedding*", "*time_emb_proj*", "*timestep_emb
                            "*adaln*", "*adaLN*")
 
 
-@dataclass
+@dataclass(eq=False)
 class PreparedGraph:
-    model: onnx.ModelProto  # split + pre-processed FP32 graph
+    """The split, pre-processed FP32 graph. ``model`` is its structure only: the weights stay on
+    disk in ``folder`` (a scratch folder that lives as long as this object), since a full-size
+    UNet's graph held in memory next to the torch model is what pushed an SD 1.5 INT8 compile to
+    6.5x its FP32 bytes. Tools open it by path (``write``); ``weight`` reads one tensor."""
+
+    model: onnx.ModelProto
     layers: dict[str, str]  # node name -> layer name, for every layer that will be quantized
     islands: dict[str, str]  # layer name -> why it stays float
     splits: list[dict] = field(default_factory=list)
     tensors: list[str] = field(default_factory=list)  # activation tensors to calibrate
     island_nodes: dict[str, str] = field(default_factory=dict)  # node name -> layer name of float islands
+    folder: Path | None = None
+
+    def write(self, name: str) -> Path:
+        """The graph as ``folder/<name>.onnx``, next to the weights its external data points at."""
+        path = self.folder / f"{name}.onnx"
+        path.write_bytes(serialize(self.model))
+        return path
+
+    def weight(self, name: str) -> np.ndarray:
+        init = next(i for i in self.model.graph.initializer if i.name == name)
+        return numpy_helper.to_array(init, base_dir=str(self.folder))
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.folder.glob("*.data"))
 
 
 def layer_name(node: onnx.NodeProto, initializer_names: set) -> str:
@@ -103,15 +125,17 @@ def _topo_first_last(model: onnx.ModelProto, candidates: dict[str, onnx.NodeProt
     return first, ({order[-1]} if order else set())
 
 
-def _pre_process(model: onnx.ModelProto) -> onnx.ModelProto:
+def _pre_process(src: Path) -> onnx.ModelProto:
+    """``quant_pre_process`` from ``src`` to ``pre.onnx`` beside it (weights in ``pre.onnx.data``);
+    returns the result's structure and removes ``src``."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    big = needs_external(model)  # > 2 GB: every file on the way carries external data
-    with tempfile.TemporaryDirectory(prefix="dmc-q-") as tmp:
-        src, dst = str(save_for_tool(model, tmp, "in")), os.path.join(tmp, "pre.onnx")
-        quant_pre_process(src, dst, skip_symbolic_shape=True, save_as_external_data=big,
-                          all_tensors_to_one_file=True, external_data_location="pre.onnx.data")
-        return onnx.load(dst)
+    dst = src.with_name("pre.onnx")
+    quant_pre_process(str(src), str(dst), skip_symbolic_shape=True, save_as_external_data=True,
+                      all_tensors_to_one_file=True, external_data_location="pre.onnx.data")
+    for f in src.parent.glob(src.name + "*"):
+        f.unlink()
+    return onnx.load(str(dst), load_external_data=False)
 
 
 def _unshare_weights(model: onnx.ModelProto, nodes: set) -> None:
@@ -132,8 +156,12 @@ def _unshare_weights(model: onnx.ModelProto, nodes: set) -> None:
             n.input[1] = copy.name
 
 
-def prepare_graph(model: onnx.ModelProto, cfg, profile: Profile) -> PreparedGraph:
+def prepare_graph(model: onnx.ModelProto, cfg, profile: Profile, release=None) -> PreparedGraph:
+    """Analyse, split and pre-process ``model`` into a scratch folder. ``release`` (optional) is
+    called once the weights are on disk and the graph has layers to quantize, so the caller can
+    drop its in-memory graph before the pre-processing copies it again."""
     splits = []
+    private = cfg.split_concat  # the split returns a copy, which may be emptied while writing
     if cfg.split_concat:
         model, splits = split_concat_convs(model)
     inits = {i.name for i in model.graph.initializer}
@@ -161,7 +189,14 @@ def prepare_graph(model: onnx.ModelProto, cfg, profile: Profile) -> PreparedGrap
                 break
     layers = {nm: layer for nm, layer in names.items() if layer not in islands}
     island_nodes = {nm: layer for nm, layer in names.items() if layer in islands}
-    pre = _pre_process(model)
+    prepared = PreparedGraph(None, layers, islands, splits)
+    prepared.folder = scratch_folder(prepared, "dmc-q-")
+    with WeightsWriter(prepared.folder / "in.onnx.data") as w:
+        src = save_model(model, prepared.folder / "in.onnx", w, release=private)
+    del model
+    if release is not None and layers:
+        release()
+    pre = _pre_process(src)
     present = {n.name: n for n in pre.graph.node}
     lost = [nm for nm in layers if nm not in present]
     if lost:
@@ -180,15 +215,18 @@ def prepare_graph(model: onnx.ModelProto, cfg, profile: Profile) -> PreparedGrap
         for t in wanted:
             if t not in tensors:
                 tensors.append(t)
-    return PreparedGraph(pre, layers, islands, splits, tensors, {nm: la for nm, la in island_nodes.items() if nm in present})
+    prepared.model, prepared.tensors = pre, tensors
+    prepared.island_nodes = {nm: la for nm, la in island_nodes.items() if nm in present}
+    return prepared
 
 
 STATS_BYTES_PER_RUN = 1 << 30  # activation bytes one stats run may return (bounds memory on big UNets)
 
 
-def record_stats(model: onnx.ModelProto, tensors: list[str], batches: list[dict], seed: int,
+def record_stats(prepared: PreparedGraph, batches: list[dict], seed: int,
                  rows_per_run: int = 128, progress: bool = False) -> dict[str, ActivationStats]:
-    """Run the FP graph over ``batches`` (feed dicts) and collect statistics of ``tensors``.
+    """Run the prepared FP graph over ``batches`` (feed dicts) and collect statistics of its
+    ``tensors``.
 
     Statistics stream: each run's activations update running extremes and a bounded reservoir
     (``ActivationStats``) and are then dropped. The first run takes one row to measure the bytes a
@@ -199,7 +237,9 @@ def record_stats(model: onnx.ModelProto, tensors: list[str], batches: list[dict]
     from dmc.export.probe import session_with_outputs
     from dmc.progress import bar
 
-    session = session_with_outputs(model, tensors, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
+    tensors = prepared.tensors
+    session = session_with_outputs(prepared.model, tensors, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                                   folder=prepared.folder)
     inputs = {i.name for i in session.get_inputs()}
     rng = np.random.default_rng([seed, 0x57A7])
     stats = {t: ActivationStats(rng) for t in tensors}
@@ -275,7 +315,7 @@ def build_qdq(prepared: PreparedGraph, params: dict[str, QParams], profile: Prof
         extra["OpTypesToExcludeOutputQuantization"] = list(op_types)
     with tempfile.TemporaryDirectory(prefix="dmc-qdq-") as tmp:
         dst, cache = (os.path.join(tmp, f) for f in ("int8.onnx", "ranges.json"))
-        src = str(save_for_tool(prepared.model, tmp, "fp"))
+        src = str(prepared.write("fp"))
         save_tensors_data(ranges, cache)
         import logging
 
@@ -289,7 +329,7 @@ def build_qdq(prepared: PreparedGraph, params: dict[str, QParams], profile: Prof
                 activation_type=QuantType.QUInt8 if profile.activation_dtype == "uint8" else QuantType.QInt8,
                 weight_type=QuantType.QInt8, nodes_to_quantize=list(prepared.layers),
                 calibrate_method=CalibrationMethod.MinMax, extra_options=extra,
-                use_external_data_format=needs_external(prepared.model),
+                use_external_data_format=prepared.weight_bytes > MAX_PROTO_BYTES,
             )
         finally:
             root.setLevel(level)
@@ -402,7 +442,6 @@ def verify_scales(qmodel: onnx.ModelProto, prepared: PreparedGraph, params: dict
             problems.append(f"{t}: no QuantizeLinear in the written graph")
         elif acts[t] != (float(np.float32(p.scale)), int(p.zero_point)):
             problems.append(f"{t}: ORT wrote {acts[t]}, dmc computed {(p.scale, p.zero_point)}")
-    fp_inits = {i.name: i for i in prepared.model.graph.initializer}
     nodes = {n.name: n for n in prepared.model.graph.node}
     for nm in prepared.layers:
         node = nodes[nm]
@@ -411,7 +450,7 @@ def verify_scales(qmodel: onnx.ModelProto, prepared: PreparedGraph, params: dict
         if q is None:
             problems.append(f"{nm}: weight {w} was not quantized")
             continue
-        want = weight_scales(numpy_helper.to_array(fp_inits[w]), weight_axis(node.op_type, node), profile.weight_qmax)
+        want = weight_scales(prepared.weight(w), weight_axis(node.op_type, node), profile.weight_qmax)
         if not np.array_equal(np.asarray(weights[q]).reshape(-1), want.reshape(-1)):
             problems.append(f"{nm}: weight scales differ from max|W|/{profile.weight_qmax}")
     return problems
