@@ -11,7 +11,12 @@ the process over its state after loading and one no-grad sampling run, and wall 
 quality: the prune pass at each ratio and method (learned, magnitude = global L1, magnitude-layer =
 L1 within each layer), DDIM 20 steps, guidance 2, then ``dmc.evaluate.evaluate`` (what ``dmc eval``
 runs) of every artifact against the unpruned model: paired PSNR/SSIM, Frechet distance to held-out
-digits, class accuracy. Rows are appended to ``bench/results/prune_runs.jsonl``.
+digits, class accuracy. Per-call latency: every artifact of a model and its unpruned FP32
+artifact sample interleaved on ONNX Runtime (``--threads``), median seconds of the model calls.
+``--models mid`` is the random-weight mid-size UNet: parameters and latency only (its samples
+are chaotic, so quality figures would mean nothing); its learned masks train ``--mid-iterations``
+iterations on DDIM ``--mid-steps`` (full-size training there costs tens of minutes per ratio).
+Rows are appended to ``bench/results/prune_runs.jsonl``.
 """
 
 from __future__ import annotations
@@ -143,6 +148,32 @@ def cmd_memory(args) -> None:
               f"{r['rss_growth_mb']} | {r['seconds']} |")
 
 
+def _mid_source() -> str:
+    folder = WORK / "mid_unet"
+    if not (folder / "config.json").exists():
+        _mid_unet().save_pretrained(folder)
+    return str(folder)
+
+
+def per_call_seconds(paths: dict, threads: int, repeats: int) -> dict:
+    """Median seconds per model call of each artifact, sampling one image interleaved over repeats."""
+    import statistics
+
+    from dmc.evaluate.bench import TimedExecutor
+    from dmc.runtimes import load
+
+    pipes = {}
+    for name, path in paths.items():
+        pipes[name] = load(path, threads=threads)
+        pipes[name].executor = TimedExecutor(pipes[name].executor)
+        pipes[name].sample(1, seed=0)  # warm-up: session start, allocator
+        pipes[name].executor.records.clear()
+    for r in range(repeats):
+        for name in (list(pipes) if r % 2 == 0 else list(pipes)[::-1]):
+            pipes[name].sample(1, seed=r, batch_size=1)
+    return {name: statistics.median(s for _, s in pipe.executor.records) for name, pipe in pipes.items()}
+
+
 def cmd_quality(args) -> None:
     from dmc.compress.pipeline import CompileOptions, compile_model
     from dmc.evaluate.evaluate import evaluate
@@ -153,41 +184,63 @@ def cmd_quality(args) -> None:
     results = ROOT / "results" / "prune_runs.jsonl"
     rows = []
     for model in args.models:
+        mid = model == "mid"
+        source = _mid_source() if mid else model
+        steps = args.mid_steps if mid else args.steps
+        extra = {"scheduler_preset": "ddpm-linear"} if mid else {}
+        recipe = Recipe(steps=steps, guidance=1.0 if mid else 2.0)
+        unpruned = WORK / f"{model}-unpruned.dmc"
+        compile_model(source, unpruned, CompileOptions(recipe=recipe, force=True, verify_images=1, **extra))
+        paths, model_rows = {"unpruned": unpruned}, []
         for ratio in args.ratios:
             for method in args.methods:
                 path = WORK / f"{model}-{method}-{ratio}.dmc"
+                cfg = PruneConfig(ratio=ratio, method=method)
+                if mid:
+                    cfg = PruneConfig(ratio=ratio, method=method, iterations=args.mid_iterations)
                 start = time.perf_counter()
-                compile_model(model, path, CompileOptions(recipe=Recipe(steps=args.steps, guidance=2.0), force=True,
-                                                          passes=[PruneConfig(ratio=ratio, method=method)]))
+                compile_model(source, path, CompileOptions(recipe=recipe, force=True, passes=[cfg],
+                                                           verify_images=1 if mid else 4, **extra))
                 seconds = time.perf_counter() - start
-                ev = evaluate(path, reference=model, n=args.n)
                 manifest = json.loads((path / "manifest.json").read_text())
                 rec = next(p for p in manifest["passes"] if p["name"] == "prune")
-                row = {"model": model, "ratio": ratio, "method": method, "steps": args.steps, "n": args.n,
+                row = {"model": model, "ratio": ratio, "method": method, "steps": steps, "n": args.n,
                        "params_before": rec["params_before"], "params_after": rec["params_after"],
-                       "params_ratio": rec["params_ratio"], "psnr_mean": ev["paired"]["psnr_mean"],
-                       "ssim_mean": ev["paired"]["ssim_mean"], "fd": ev["frechet"]["fd"],
-                       "fd_ci": [ev["frechet"]["ci_low"], ev["frechet"]["ci_high"]],
-                       "fd_reference_model": ev["frechet"]["reference_model_fd"],
-                       "fd_delta": ev["frechet"]["fd_delta"],
-                       "accuracy": (ev.get("classifier") or {}).get("accuracy"),
-                       "accuracy_reference": (ev.get("classifier") or {}).get("reference_accuracy"),
-                       "compile_seconds": round(seconds, 1),
+                       "params_ratio": rec["params_ratio"], "compile_seconds": round(seconds, 1),
                        "train_seconds": (rec.get("training") or {}).get("seconds"),
+                       "train_iterations": cfg.iterations if method == "learned" else None,
                        "constant_branches": sum(r["constant"] for r in rec["layers"]),
                        "date": time.strftime("%Y-%m-%d")}
-                rows.append(row)
-                with results.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
+                if not mid:
+                    ev = evaluate(path, reference=model, n=args.n)
+                    row.update({
+                        "psnr_mean": ev["paired"]["psnr_mean"], "ssim_mean": ev["paired"]["ssim_mean"],
+                        "fd": ev["frechet"]["fd"], "fd_ci": [ev["frechet"]["ci_low"], ev["frechet"]["ci_high"]],
+                        "fd_reference_model": ev["frechet"]["reference_model_fd"],
+                        "fd_delta": ev["frechet"]["fd_delta"],
+                        "accuracy": (ev.get("classifier") or {}).get("accuracy"),
+                        "accuracy_reference": (ev.get("classifier") or {}).get("reference_accuracy")})
+                paths[f"{method}-{ratio}"] = path
+                model_rows.append(row)
                 print(json.dumps(row), flush=True)
-    print("\n| model | ratio | method | params kept | paired PSNR (dB) | SSIM | FD [95% CI] (unpruned FD) | "
-          "class acc. (unpruned) | constant branches | compile s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        latency = per_call_seconds(paths, args.threads, args.repeats)
+        for row in model_rows:
+            row.update({"per_call_ms": round(1e3 * latency[f"{row['method']}-{row['ratio']}"], 3),
+                        "unpruned_per_call_ms": round(1e3 * latency["unpruned"], 3),
+                        "threads": args.threads, "latency_repeats": args.repeats})
+            with results.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+        rows += model_rows
+    print("\n| model | ratio | method | params kept | ms per call (unpruned) | x faster | paired PSNR (dB) | SSIM | "
+          "FD [95% CI] (unpruned FD) | class acc. (unpruned) | constant branches | compile s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        acc = f"{r['accuracy']:.3f} ({r['accuracy_reference']:.3f})" if r["accuracy"] is not None else "-"
-        print(f"| {r['model']} | {r['ratio']} | {r['method']} | {r['params_ratio']:.1%} | {r['psnr_mean']:.2f} | "
-              f"{r['ssim_mean']:.3f} | {r['fd']:.2f} [{r['fd_ci'][0]:.2f}, {r['fd_ci'][1]:.2f}] "
-              f"({r['fd_reference_model']:.2f}) | {acc} | {r['constant_branches']} | {r['compile_seconds']} |")
+        acc = f"{r['accuracy']:.3f} ({r['accuracy_reference']:.3f})" if r.get("accuracy") is not None else "-"
+        quality = (f"{r['psnr_mean']:.2f} | {r['ssim_mean']:.3f} | {r['fd']:.2f} [{r['fd_ci'][0]:.2f}, "
+                   f"{r['fd_ci'][1]:.2f}] ({r['fd_reference_model']:.2f})") if "fd" in r else "- | - | -"
+        print(f"| {r['model']} | {r['ratio']} | {r['method']} | {r['params_ratio']:.1%} | {r['per_call_ms']:.2f} "
+              f"({r['unpruned_per_call_ms']:.2f}) | {r['unpruned_per_call_ms'] / r['per_call_ms']:.2f} | {quality} | "
+              f"{acc} | {r['constant_branches']} | {r['compile_seconds']} |")
 
 
 def main(argv=None) -> int:
@@ -207,6 +260,10 @@ def main(argv=None) -> int:
     qual.add_argument("--methods", nargs="+", default=["learned", "magnitude", "magnitude-layer"])
     qual.add_argument("--steps", type=int, default=20)
     qual.add_argument("--n", type=int, default=256)
+    qual.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads of the latency runs")
+    qual.add_argument("--repeats", type=int, default=5, help="interleaved sampling runs of the latency")
+    qual.add_argument("--mid-iterations", type=int, default=8)
+    qual.add_argument("--mid-steps", type=int, default=10)
     args = ap.parse_args(argv)
     {"memory": cmd_memory, "quality": cmd_quality}[args.cmd](args)
     return 0
