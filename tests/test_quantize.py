@@ -16,6 +16,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from dmc.errors import DmcError
 from dmc.quantize import QuantizeConfig, check_profile, describe
 from dmc.quantize import calibration, qdq
 from dmc.quantize.coverage import coverage, requested, summary_line
@@ -424,3 +425,20 @@ def test_scale_groups_rewrite_calls_and_share_int8_weights(artifacts):
     w1 = (artifacts["int8"] / "graphs" / "weights.bin").stat().st_size
     w2 = (artifacts["int8-K2"] / "graphs" / "weights.bin").stat().st_size
     assert w2 < 1.15 * w1, (w1, w2)  # int8 weights deduplicated; only int32 biases differ
+
+
+def test_int8_compile_memory_estimate_uses_the_passes_factor(monkeypatch):
+    """The refusal before loading estimates the compile's peak from what the passes need: an INT8
+    compile (measured at several times the FP32 bytes) is refused where an FP32 one still fits."""
+    from dmc.compress.pipeline import CompileOptions, prepare
+    from dmc.models.loading import inspect_source, load_model
+    from dmc.models.memory import COMPILE_FACTOR
+    from dmc.sampling import Recipe
+
+    fp32_bytes = 4 * inspect_source("demo").parameters
+    assert QuantizeConfig.COMPILE_MEMORY_FACTOR > COMPILE_FACTOR
+    between = fp32_bytes * (COMPILE_FACTOR + QuantizeConfig.COMPILE_MEMORY_FACTOR) / 2
+    monkeypatch.setenv("DMC_MEMORY_BUDGET_GB", str(between / 1024**3))
+    load_model("demo")  # an FP32 compile fits
+    with pytest.raises(DmcError, match=f"x {QuantizeConfig.COMPILE_MEMORY_FACTOR:g}\\)"):
+        prepare("demo", CompileOptions(recipe=Recipe(steps=4), passes=[QuantizeConfig()]))

@@ -21,6 +21,7 @@ from dmc.export.onnx_export import DEFAULT_OPSET, check_opset, export_onnx
 from dmc.models.adapters import make_adapter
 from dmc.models.families import refuse_unsupported_passes
 from dmc.models.loading import inspect_source, load_model
+from dmc.models.memory import COMPILE_FACTOR
 from dmc.sampling import schedules
 from dmc.sampling.compile import compile_calls
 from dmc.sampling.recipe import Recipe
@@ -62,7 +63,8 @@ def prepare(source: str, options: CompileOptions) -> CompileContext:
     check_device(options.device)  # before any work
     if options.verify_images < 1:
         raise DmcError(f"verify_images must be at least 1, got {options.verify_images}")
-    loaded = load_model(source, options.config_path)
+    memory_factor = max([COMPILE_FACTOR] + [getattr(type(p), "COMPILE_MEMORY_FACTOR", 0.0) for p in options.passes])
+    loaded = load_model(source, options.config_path, memory_factor)
     loaded.scheduler_config, loaded.scheduler_origin = schedules.resolve(
         source, loaded.scheduler_config, loaded.scheduler_origin, options.scheduler_config, options.scheduler_preset)
     adapter = make_adapter(loaded.model, loaded.class_name, options.recipe.resolution)

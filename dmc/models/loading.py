@@ -15,7 +15,7 @@ from dmc.errors import DmcError
 from dmc.models import detect, families
 from dmc.models.builtin import DEMO_MODELS, SCHEDULER_CONFIG, demo_path
 from dmc.models.checkpoint import META_CLASS, META_CONFIG, META_SCHEDULER
-from dmc.models.memory import check_memory
+from dmc.models.memory import COMPILE_FACTOR, check_memory
 from dmc.models.safetensors_file import load_tensors, read_header, refuse_pickle
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -173,8 +173,9 @@ def inspect_source(source: str, config_path: str | None = None) -> Source:
     return Source(name, weights, shapes, metadata, class_name, config, family)
 
 
-def load_model(source: str, config_path: str | None = None) -> LoadedModel:
-    """Load ``source`` (demo name, folder or .safetensors) into an eval-mode diffusers model."""
+def load_model(source: str, config_path: str | None = None, memory_factor: float = COMPILE_FACTOR) -> LoadedModel:
+    """Load ``source`` (demo name, folder or .safetensors) into an eval-mode diffusers model,
+    refusing first one whose compile (peak ``memory_factor`` x its FP32 bytes) would not fit."""
     src = inspect_source(source, config_path)
     name, config, assumptions = src.name, src.config, []
     class_name = src.family.model_class
@@ -189,7 +190,7 @@ def load_model(source: str, config_path: str | None = None) -> LoadedModel:
         config, assumptions = found.config, found.assumptions
         for a in assumptions:
             warnings.warn(f"{name}: config inferred from tensor shapes, assuming {a}", stacklevel=2)
-    check_memory(src.parameters, name)
+    check_memory(src.parameters, name, memory_factor)
     state, metadata = {}, src.metadata
     for path in src.weights:
         state.update(load_tensors(path)[0])

@@ -2,7 +2,8 @@
 
 A compile holds the weights as loaded, the FP32 module and the exported graph's initializers at the
 same time, so its peak is a few times the FP32 bytes (issue 10 targets below 3x). dmc estimates
-``parameters * 4 bytes * COMPILE_FACTOR`` and compares it with the memory available now
+``parameters * 4 bytes * factor`` (``COMPILE_FACTOR``, or the largest ``COMPILE_MEMORY_FACTOR``
+of the passes asked for) and compares it with the memory available now
 (``MemAvailable`` of /proc/meminfo, else ``os.sysconf``). ``DMC_MEMORY_BUDGET_GB`` replaces the
 measured figure (for a machine whose other jobs will finish, or to test the refusal).
 """
@@ -39,14 +40,15 @@ def available_bytes() -> int | None:
         return None
 
 
-def compile_estimate(parameters: int) -> int:
-    return int(parameters * FP32_BYTES * COMPILE_FACTOR)
+def compile_estimate(parameters: int, factor: float = COMPILE_FACTOR) -> int:
+    return int(parameters * FP32_BYTES * factor)
 
 
-def check_memory(parameters: int, name: str) -> None:
-    """One-line refusal when the estimated compile peak exceeds the memory available."""
-    need, have = compile_estimate(parameters), available_bytes()
+def check_memory(parameters: int, name: str, factor: float = COMPILE_FACTOR) -> None:
+    """One-line refusal when the estimated compile peak exceeds the memory available. ``factor``:
+    the compile's peak over its FP32 bytes (a pass config's ``COMPILE_MEMORY_FACTOR`` raises it)."""
+    need, have = compile_estimate(parameters, factor), available_bytes()
     if have is not None and need > have:
         raise DmcError(f"{name}: {parameters / 1e6:.0f} M parameters need about {need / GB:.1f} GiB to compile "
-                       f"({FP32_BYTES} bytes x {COMPILE_FACTOR:g}), but only {have / GB:.1f} GiB is available; "
+                       f"({FP32_BYTES} bytes x {factor:g}), but only {have / GB:.1f} GiB is available; "
                        "free memory or use a larger machine (DMC_MEMORY_BUDGET_GB overrides the measurement)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 from dmc.errors import DmcError
 
@@ -52,6 +53,10 @@ class QuantizeConfig:
         schedule (CacheQuant); False calibrates on the uncached full-graph trajectory and maps ranges to
         partial graphs by layer identity.
     """
+
+    # Peak compile memory over the FP32 weight bytes (dmc.models.memory refuses a model that would
+    # not fit): torch model, calibration activations and ONNX Runtime sessions over the prepared graph.
+    COMPILE_MEMORY_FACTOR: ClassVar[float] = 6.5
 
     calibration: str = "ndtc"
     num_samples: int = 256
