@@ -5,12 +5,14 @@ from __future__ import annotations
 import onnx
 
 
-def session_with_outputs(model: onnx.ModelProto, tensors: list[str], optimization_level=None, folder=None):
+def session_with_outputs(model: onnx.ModelProto, tensors: list[str], optimization_level=None, folder=None,
+                         mem_pattern: bool = True):
     """CPU session of ``model`` whose graph outputs include every name in ``tensors``.
 
     The outputs are added to ``model`` only while the session is built, then removed again: no
     copy of the graph (which for a full-size UNet would be gigabytes of weights). ``folder``: where
-    the graph's external data lives, for a graph held as structure only."""
+    the graph's external data lives, for a graph held as structure only. ``mem_pattern``: ONNX
+    Runtime's memory pattern (off for full-size graphs: it plans one block per input shape)."""
     import onnxruntime as ort
 
     from dmc.export.external import inference_session
@@ -24,6 +26,7 @@ def session_with_outputs(model: onnx.ModelProto, tensors: list[str], optimizatio
             added += 1
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.enable_mem_pattern = mem_pattern
     if optimization_level is not None:
         options.graph_optimization_level = optimization_level
     try:

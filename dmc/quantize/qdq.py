@@ -235,11 +235,13 @@ def record_stats(prepared: PreparedGraph, batches: list[dict], seed: int,
     import onnxruntime as ort
 
     from dmc.export.probe import session_with_outputs
+    from dmc.runtimes.onnxruntime_executor import MEM_PATTERN_MAX_WEIGHT_BYTES
     from dmc.progress import bar
 
     tensors = prepared.tensors
     session = session_with_outputs(prepared.model, tensors, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-                                   folder=prepared.folder)
+                                   folder=prepared.folder,
+                                   mem_pattern=prepared.weight_bytes < MEM_PATTERN_MAX_WEIGHT_BYTES)
     inputs = {i.name for i in session.get_inputs()}
     rng = np.random.default_rng([seed, 0x57A7])
     stats = {t: ActivationStats(rng) for t in tensors}
