@@ -106,8 +106,8 @@ def test_streaming_statistics_equal_batch_statistics():
     assert abs(got.scale - want.scale) <= 0.05 * want.scale
 
 
-def test_record_stats_chunking_does_not_change_statistics():
-    from dmc.quantize.qdq import record_stats
+def test_record_stats_chunking_does_not_change_statistics(tmp_path):
+    from dmc.quantize.qdq import PreparedGraph, record_stats
 
     rng = np.random.default_rng(3)
     w = rng.standard_normal((16, 8), dtype=np.float32)
@@ -116,8 +116,9 @@ def test_record_stats_chunking_does_not_change_statistics():
     for f in feeds:
         f["x"] = f.pop("sample")
         f["sample"] = f["x"]  # record_stats counts rows on "sample"; the graph reads "x"
-    a = record_stats(model, ["xw", "y"], feeds, seed=0, rows_per_run=1)
-    b = record_stats(model, ["xw", "y"], feeds, seed=0, rows_per_run=128)
+    prepared = PreparedGraph(model, {}, {}, tensors=["xw", "y"], folder=tmp_path)
+    a = record_stats(prepared, feeds, seed=0, rows_per_run=1)
+    b = record_stats(prepared, feeds, seed=0, rows_per_run=128)
     everything = np.concatenate([f["x"] for f in feeds]) @ w
     for s in (a, b):
         assert s["xw"].min == pytest.approx(everything.min(), rel=1e-6)

@@ -28,7 +28,8 @@ import onnx
 from onnx import numpy_helper
 
 from dmc.errors import DmcError
-from dmc.export.external import MAX_PROTO_BYTES, WeightsWriter, save_model, serialize
+from dmc.export import external
+from dmc.export.external import WeightsWriter, save_model, serialize
 from dmc.quantize.profiles import Profile, weight_axis
 from dmc.quantize.ranges import ActivationStats, QParams, quantize_weights, weight_scales
 from dmc.quantize.split import SPLIT_TAG, split_concat_convs
@@ -331,7 +332,7 @@ def build_qdq(prepared: PreparedGraph, params: dict[str, QParams], profile: Prof
                 activation_type=QuantType.QUInt8 if profile.activation_dtype == "uint8" else QuantType.QInt8,
                 weight_type=QuantType.QInt8, nodes_to_quantize=list(prepared.layers),
                 calibrate_method=CalibrationMethod.MinMax, extra_options=extra,
-                use_external_data_format=prepared.weight_bytes > MAX_PROTO_BYTES,
+                use_external_data_format=prepared.weight_bytes > external.MAX_PROTO_BYTES,
             )
         finally:
             root.setLevel(level)
