@@ -162,13 +162,9 @@ def main(argv=None) -> int:
     p.add_argument("--n-quality", type=int, default=8)
     p.add_argument("--child-threads", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.build_mid and not args.child_threads:
+    if args.build_mid:  # compiles in the parent; each child finds the artifacts built
         for arg, path in build_mid(args.build_mid).items():
             setattr(args, arg, path)
-        argv = [a for a in (sys.argv[1:] if argv is None else argv)]
-        i = argv.index("--build-mid")
-        argv = argv[:i] + argv[i + 2:] + [f"--{k.replace('_', '-')}={getattr(args, k)}"
-                                          for k in ("fp32", "int8", "int8_ov", "int8_cache")]
     if not args.fp32:
         p.error("--fp32 (or --build-mid) is required")
     if args.child_threads:
