@@ -301,7 +301,10 @@ def main(argv=None) -> None:
     warnings.showwarning = _show_warning
     signal.signal(signal.SIGTERM, _on_kill)
     try:
-        cli.main(args=argv, prog_name="dmc", standalone_mode=False)
+        # standalone_mode=False returns (not raises) a ctx.exit(code): `dmc check` failing a gate must exit 1
+        code = cli.main(args=argv, prog_name="dmc", standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.ClickException as e:

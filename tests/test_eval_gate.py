@@ -129,3 +129,17 @@ def test_batch_plan_shards_whole_batches_in_order():
         flat = [b for p in plans for b in p]
         assert flat == batch_plan(n, bs) and sum(c for _, c in flat) == n
         assert plans[0]  # rank 0 always samples
+
+
+def test_console_script_exits_nonzero_when_the_gate_fails(tmp_path):
+    """The installed `dmc` entry point, not click's test runner: a failed gate must fail the user's CI."""
+    import subprocess
+    import sys
+
+    (tmp_path / "base.json").write_text(json.dumps(_eval()))
+    (tmp_path / "cur.json").write_text(json.dumps(_eval(psnr=30.0)))
+    argv = [sys.executable, "-m", "dmc.cli", "check", "--baseline", "base.json", "cur.json"]
+    failed = subprocess.run(argv + ["--min-psnr", "35"], cwd=tmp_path, capture_output=True, text=True)
+    assert failed.returncode == 1 and "FAILED" in failed.stdout
+    passed = subprocess.run(argv + ["--min-psnr", "25"], cwd=tmp_path, capture_output=True, text=True)
+    assert passed.returncode == 0, passed.stderr
