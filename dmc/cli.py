@@ -146,6 +146,9 @@ def _step_plan(sampler: str, sampler_given: bool, steps, calls):
               help="Images sampled to verify the artifact against torch (after a 1-image check of the first calls).")
 @click.option("--verify-budget", type=float, default=300.0, show_default=True,
               help="Seconds full-image verification may take: fewer images (at least 1) when slower; 0 = no bound.")
+@click.option("--fidelity-floor", type=float, default=None,
+              help="PSNR (dB) against torch below which the artifact is refused (default: 60 FP32, 25 with --int8); "
+                   "the floor used is recorded in the manifest.")
 def compress(model, out, sampler, steps, guidance, seed, config_path, int8, cache, opset, force,
              scheduler_config=None, scheduler_preset=None, **opts):
     """Compile MODEL into an artifact folder (graphs, sampler table, manifest)."""
@@ -161,7 +164,8 @@ def compress(model, out, sampler, steps, guidance, seed, config_path, int8, cach
     options = CompileOptions(recipe=recipe, passes=plan_from_options(int8, cache, seed, opts), config_path=config_path,
                              opset=int(opset), force=force, progress=True, scheduler_config=scheduler_config,
                              scheduler_preset=scheduler_preset, device=opts["device"],
-                             verify_images=opts["verify_images"], verify_budget_s=opts["verify_budget"] or None)
+                             verify_images=opts["verify_images"], verify_budget_s=opts["verify_budget"] or None,
+                             fidelity_floor=opts["fidelity_floor"])
     if opts.get("size"):
         options.image_size = tuple(opts["size"])
     if opts.get("calib_prompts"):

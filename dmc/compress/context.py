@@ -44,6 +44,7 @@ class CompileContext:
     progress: bool = False  # tqdm bars on stderr for long stages
     device: str = "cpu"  # where torch runs calibration and references ("cuda" where torch sees a GPU)
     prompt_conditions: object | None = None  # text-to-image: calibration trajectories run under these prompts
+    verify_conditions: object | None = None  # ... and verification under these (held out from calibration)
     build_facts: dict = field(default_factory=dict)  # timings etc.: to build.json, never the manifest
 
     def torch_pipeline(self, reference: bool = False):
@@ -57,9 +58,8 @@ class CompileContext:
                                  {n: g.output_names for n, g in self.graphs.items()})
         cond = self.adapter.conditioning().to_json()
         pipe = Pipeline(self.recipe, self.calls, self.sample_shape, cond, executor, tables=self.tables)
-        if self.prompt_conditions is not None and not reference:  # verify compares like with like (zeros)
-            pipe = self.prompt_conditions.wrap(pipe)
-        return pipe
+        conditions = self.verify_conditions if reference else self.prompt_conditions
+        return pipe if conditions is None else conditions.wrap(pipe)
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:

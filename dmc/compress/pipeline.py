@@ -44,6 +44,7 @@ class CompileOptions:
     image_size: tuple[int, int] | None = None  # --size H W in pixels (shapes are static at that size)
     calib_prompts: list[str] | None = None  # text-to-image calibration prompts (default: dmc.data.prompts)
     verify_budget_s: float | None = None  # fewer than verify_images when full images would take longer
+    fidelity_floor: float | None = None  # PSNR (dB) verification refuses below; None: the passes' own floor
     # verification frees the torch weights before ONNX Runtime opens (a big model is never held twice);
     # True keeps them for callers that run the context's torch pipelines after compiling
     keep_torch: bool = False
@@ -125,10 +126,13 @@ def compile_model(source: str, out: str | Path, options: CompileOptions | None =
                                                options.opset)
             ctx.extra_files.update(parts.files)
             ctx.prompt_conditions = pipeline_parts.calibration_conditions(parts, options.calib_prompts)
+            ctx.verify_conditions = pipeline_parts.verification_conditions(parts)
         if options.passes:
             from dmc.compress.plan import complete_plan, with_seed
 
             run_passes(ctx, with_seed(complete_plan(options.passes), options.recipe.seed))
+        if options.fidelity_floor is not None:  # the user's explicit choice, recorded with the verification
+            ctx.fidelity_floor_psnr = float(options.fidelity_floor)
         _log(options, "writing graphs")
         # release: the in-memory graphs drop their weight bytes once written (verify reads the files)
         write_graphs({**{n: g.onnx for n, g in ctx.graphs.items()}, **(parts.graphs if parts else {})},
@@ -265,6 +269,8 @@ def verify(ctx: CompileContext, root: Path, manifest: dict, n: int, progress: bo
     if progress:
         print("[dmc] verification: the artifact in ONNX Runtime", file=sys.stderr, flush=True)
     runtime = Pipeline.from_manifest(manifest_obj, OnnxRuntimeExecutor(manifest_obj, providers=["CPUExecutionProvider"]))
+    if ctx.verify_conditions is not None:  # text-to-image: both sides sample under the same held-out prompts
+        runtime = ctx.verify_conditions.wrap(runtime)
     early = compare_first_group(ctx, runtime, first, progress)  # raises, with the figure, when far off
     got = runtime.sample(n, seed=ctx.recipe.seed, progress=progress, batch_size=batch)
     for side, images in (("artifact (ONNX Runtime)", got), ("torch reference", want)):
@@ -274,6 +280,8 @@ def verify(ctx: CompileContext, root: Path, manifest: dict, n: int, progress: bo
     rmse, psnr = paired_psnr(got, want)
     result = {"images": n, "rmse": rmse, "psnr_db": min(psnr, 100.0), "floor_psnr_db": ctx.fidelity_floor_psnr,
               "first_calls": {k: v for k, v in early.items() if k != "seconds_per_image_call"}}
+    if ctx.verify_conditions is not None:
+        result["prompts"] = ctx.verify_conditions.to_json()
     ctx.build_facts["verify_seconds_per_image_call"] = early.get("seconds_per_image_call")  # varies: build.json
     (root / MANIFEST).unlink()
     check_fidelity(psnr, ctx.fidelity_floor_psnr)

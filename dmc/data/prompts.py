@@ -94,3 +94,33 @@ CHECK_PROMPTS: tuple[str, ...] = (
     "",
     " ".join(["a very long prompt that keeps going"] * 20),
 )
+
+# What ``dmc eval`` / ``check`` / ``report`` draw text-to-image artifacts with by default: held out from the
+# calibration set above (no prompt in both), so quality is measured on conditions the scales never saw.
+EVAL_PROMPTS: tuple[str, ...] = (
+    "a copper kettle on a gas stove",
+    "a blue umbrella left on a park bench",
+    "a plate of sushi on a black slate",
+    "a sleeping fox curled up under a fern",
+    "a flock of flamingos in shallow water",
+    "a grey wolf howling on a ridge at night",
+    "portrait of a smiling woman with freckles, natural light",
+    "a carpenter sanding a wooden chair in a workshop",
+    "a cyclist racing down a mountain road",
+    "a quiet harbour with fishing boats at dawn",
+    "a greenhouse full of tropical plants",
+    "a subway platform at rush hour",
+    "a windmill in a tulip field, gouache painting",
+    "a spaceship landing on a red planet, concept art",
+    "a teddy bear, claymation style",
+    "a neon sign that says NOODLES above a doorway",
+    "a birthday cake with the words HAPPY 30",
+    "morning fog rolling over green hills, wide shot",
+    "a macro photo of a dragonfly's wing",
+    "a cat",
+    "a busy open-air market in a coastal town with colourful awnings, fruit stalls, people bargaining, "
+    "seagulls overhead, late afternoon sun",
+    "an empty road",
+    "two old friends playing chess in a park",
+    "a stained glass window of a sunflower",
+)

@@ -63,10 +63,15 @@ def open_target(spec: str, recipe_from: str | None = None, threads: int | None =
         raise DmcError(f"{spec}: not a dmc artifact; a model can only be benchmarked against an artifact "
                        "(it runs under that artifact's recipe), e.g. `dmc bench ARTIFACT --vs MODEL`")
     from dmc.artifact import read_manifest
-
     from dmc.sampling.step_plan import base_calls
+    from dmc.runtimes.text2image import has_prompt_pipeline
 
     manifest = read_manifest(recipe_from, verify=False)
+    if has_prompt_pipeline(manifest):
+        from dmc.data.prompts import EVAL_PROMPTS
+        from dmc.evaluate.evaluate import open_prompt_model
+
+        return open_prompt_model(spec, manifest, list(EVAL_PROMPTS), threads)
     return open_model(spec, manifest.recipe, threads, training_schedule=manifest.data.get("training_schedule"),
                       calls=base_calls(manifest.data))
 
@@ -79,30 +84,44 @@ def _stats(values_s: list[float]) -> dict:
             "noise": float((np.percentile(v, 90) - med) / med) if med > 0 else 0.0}
 
 
+def run_once(target, n_images: int, seed: int) -> dict:
+    """One run as a user makes it: ``n_images`` samples, or for a text-to-image target prompt -> image
+    (encode, denoise, decode). Returns the stages' seconds (text-to-image only, else empty)."""
+    if target.prompts is None:
+        target.pipeline.sample(n_images, seed, batch_size=n_images)
+        return {}
+    target.pipeline(prompt=target.prompts_for(0, n_images), n=n_images, seed=seed, batch_size=n_images)
+    return dict(target.pipeline.last_timings)
+
+
 class _Runner:
     def __init__(self, target, n_images: int, seed: int):
         self.target = target
-        self.timed = TimedExecutor(target.pipeline.executor)
-        target.pipeline.executor = self.timed
+        sampler = target.sampler  # the backbone's loop: its model calls are what per_call times
+        self.timed = TimedExecutor(sampler.executor)
+        sampler.executor = self.timed
         self.n_images, self.seed = n_images, seed
         self.e2e: list[float] = []  # seconds per image, one per run
+        self.stages: dict[str, list[float]] = {}  # text-to-image: seconds per image of each stage
         self.calls: dict[str, list[float]] = {}
         self.call_median: list[float] = []  # per run: median seconds of its model calls
 
     def run(self, record: bool = True) -> float:
         self.timed.records.clear()
         t = time.perf_counter()
-        self.target.pipeline.sample(self.n_images, self.seed, batch_size=self.n_images)
+        stages = run_once(self.target, self.n_images, self.seed)
         per_image = (time.perf_counter() - t) / self.n_images
         if record:
             self.e2e.append(per_image)
+            for stage, seconds in stages.items():
+                self.stages.setdefault(stage.removesuffix("_s"), []).append(seconds / self.n_images)
             for graph, s in self.timed.records:
                 self.calls.setdefault(graph, []).append(s)
             self.call_median.append(float(np.median([s for _, s in self.timed.records])))
         return per_image
 
     def summary(self) -> dict:
-        pipe = self.target.pipeline
+        pipe = self.target.sampler
         graphs = [c.graph for c in pipe.calls]
         return {
             "target": self.target.spec,
@@ -114,6 +133,7 @@ class _Runner:
             "per_call": {g: _stats(v) for g, v in self.calls.items()},
             "per_call_all": _stats([s for v in self.calls.values() for s in v]),
             "end_to_end_per_image": _stats(self.e2e),
+            "stages_per_image": {k: _stats(v) for k, v in self.stages.items()} or None,
         }
 
 
@@ -183,7 +203,7 @@ def _memory_child(spec: str, recipe_from: str | None, n_images: int, threads: in
     before = _rss_mb()
     target = open_target(spec, recipe_from, threads)
     loaded = _rss_mb()
-    target.pipeline.sample(n_images, 0, batch_size=n_images)
+    run_once(target, n_images, 0)
     peak = _peak_mb()
     return {"method": "fresh subprocess, peak RSS (VmHWM)", "rss_after_imports_mb": round(before, 1),
             "rss_after_load_mb": round(loaded, 1), "peak_rss_mb": round(peak, 1),
@@ -266,6 +286,8 @@ def format_bench(result: dict) -> str:
         name = f"{Path(s['target']).name or s['target']} [{s['executor']}]"
         lines.append(f"{name:<40} {c['median_ms']:>11.2f} / {c['p90_ms']:>8.2f} ms "
                      f"{e['median_ms']:>12.1f} / {e['p90_ms']:>8.1f} ms {rss:>10}")
+        for stage, st in (s.get("stages_per_image") or {}).items():
+            lines.append(f"  stage {stage:<32} {'':>26} {st['median_ms']:>12.1f} / {st['p90_ms']:>8.1f} ms")
         for g, st in s["per_call"].items():
             if len(s["per_call"]) > 1:
                 lines.append(f"  graph {g:<32} {st['median_ms']:>11.2f} / {st['p90_ms']:>8.2f} ms  "

@@ -27,6 +27,12 @@ def _threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def _read_prompts(path: str | None) -> list[str] | None:
+    from dmc.runtimes.text2image import read_prompts
+
+    return None if path is None else read_prompts(path)
+
+
 def _dump(doc: dict) -> None:
     click.echo(json.dumps(doc, indent=1, allow_nan=False))
 
@@ -66,21 +72,29 @@ LIMIT = _Limit()
               help="Frechet features: 'digits' (default, the shipped digits classifier), pytorch-fid Inception "
                    "weights (.pth/.pt/.safetensors) or any ONNX embedding (.onnx).")
 @click.option("--batch-size", type=int, default=None, show_default="50", help="Images per sampling batch.")
+@click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), default=None,
+              help="Text-to-image artifacts: prompts, one per line (image i gets prompt i mod count); "
+                   "default: dmc's built-in evaluation prompts.")
 @click.option("--threads", type=int, default=None, help="CPU threads for ONNX Runtime and torch.")
 @click.option("--per-image", is_flag=True, help="Include per-image RMSE/PSNR/SSIM lists in the JSON.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
-def eval_cmd(artifact, reference, n, seed, features, batch_size, threads, per_image, as_json):
+def eval_cmd(artifact, reference, n, seed, features, batch_size, prompts_file, threads, per_image, as_json):
     """Compare ARTIFACT's samples with a reference from identical seeds and class labels.
 
     Reports paired per-image RMSE / PSNR / SSIM (mean and worst), the Frechet distance to the
     held-out digits with a bootstrap CI, and, for class-conditional digit models, the classifier
     accuracy against the asked class. Runs sharded under torchrun with the same numbers.
 
+    A text-to-image artifact is compared on decoded images with the uncompressed pipeline (default:
+    the pipeline folder it was compiled from, run by torch) for the same prompts and seeds; its
+    Frechet distance, to the reference's images, is measured when --features is given.
+
     \b
     Examples:
       dmc eval demo.dmc --reference demo --n 1000 --seed 0
       dmc eval int8.dmc --reference fp32.dmc --n 256 --json > eval.json
       dmc eval demo.dmc --features pt_inception-2015-12-05-6726825d.pth
+      dmc eval sd-int8.dmc --reference sd-pipeline/ --n 48 --prompts my-prompts.txt
       torchrun --nproc_per_node 2 -m dmc.evaluate.distributed demo.dmc --reference demo --num-images 1000
     """
     from dmc.evaluate.distributed import Comm
@@ -91,7 +105,7 @@ def eval_cmd(artifact, reference, n, seed, features, batch_size, threads, per_im
     try:
         result = evaluate(artifact, reference, n=n or DEFAULT_N, seed=seed, features=features,
                           batch_size=batch_size or DEFAULT_BATCH, threads=threads, per_image=per_image,
-                          progress=True)
+                          progress=True, prompts=_read_prompts(prompts_file))
     finally:
         comm.close()
     if result is None:  # not rank 0
@@ -306,8 +320,10 @@ def check_cmd(ctx, current, baselines, write_baseline, max_fd_increase, max_fd_a
 @click.option("--repeats", type=int, default=5, show_default=True, help="Latency runs for the bar chart.")
 @click.option("--threads", type=int, default=None, help="CPU threads for ONNX Runtime and torch.")
 @click.option("--force", is_flag=True, help="Replace an existing report folder.")
+@click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), default=None,
+              help="Text-to-image artifacts: prompts, one per line (default: the built-in evaluation prompts).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report's metrics as one JSON document.")
-def report_cmd(artifact, reference, out, n, seed, repeats, threads, force, as_json):
+def report_cmd(artifact, reference, out, n, seed, repeats, threads, force, prompts_file, as_json):
     """Write a report folder: sample grid with error heat map, trajectory error per sampler call,
     latency chart and index.html.
 
@@ -320,7 +336,7 @@ def report_cmd(artifact, reference, out, n, seed, repeats, threads, force, as_js
 
     _threads(threads)
     path = report(artifact, reference, out, n=n, seed=seed, repeats=repeats, threads=threads, force=force,
-                  progress=True)
+                  progress=True, prompts=_read_prompts(prompts_file))
     if as_json:
         _dump(json.loads((path / "metrics.json").read_text()))
     else:

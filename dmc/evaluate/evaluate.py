@@ -53,12 +53,31 @@ class Target:
 
     spec: str
     kind: str  # "artifact" | "model"
-    pipeline: object  # dmc.runtimes.pipeline.Pipeline
+    pipeline: object  # dmc.runtimes.pipeline.Pipeline, or a TextToImage around one
     info: dict
+    prompts: list[str] | None = None  # text-to-image: image i is drawn for prompts[i mod len]
 
     @property
     def label(self) -> str:
         return f"{Path(self.spec).name or self.spec} ({'ORT' if self.kind == 'artifact' else 'torch'})"
+
+    @property
+    def sampler(self):
+        """The backbone's sampler loop (the pipeline itself, unless it is a prompt pipeline)."""
+        return getattr(self.pipeline, "backbone", self.pipeline)
+
+    def prompts_for(self, first: int, count: int) -> list[str]:
+        return [self.prompts[(first + i) % len(self.prompts)] for i in range(count)]
+
+    def unit_images(self, first: int, count: int, seed: int, labels=None, on_call=None) -> np.ndarray:
+        """Images ``first .. first+count-1`` as float ``[count, H, W, C]`` in [0, 1]: the samples, or for a
+        prompt pipeline the VAE's decoding of the latents drawn for their prompts."""
+        if self.prompts is None:
+            return to_unit(self.pipeline.sample(count, seed, class_labels=labels, batch_size=count, first=first,
+                                                on_call=on_call))
+        latents = self.pipeline.latents(self.prompts_for(first, count), n=count, seed=seed, batch_size=count,
+                                        first=first, on_call=on_call)
+        return to_unit(self.pipeline.decode(latents))
 
 
 def is_artifact(spec: str | Path) -> bool:
@@ -66,8 +85,10 @@ def is_artifact(spec: str | Path) -> bool:
     return p.is_dir() and (p / "manifest.json").is_file()
 
 
-def open_artifact(path: str | Path, threads: int | None = None) -> Target:
+def open_artifact(path: str | Path, threads: int | None = None, prompts: list[str] | None = None) -> Target:
+    """An artifact on ONNX Runtime; a text-to-image one draws for ``prompts`` (default ``EVAL_PROMPTS``)."""
     from dmc.runtimes import load
+    from dmc.runtimes.text2image import TextToImage
 
     if not is_artifact(path):
         raise DmcError(f"{path}: not a dmc artifact (no manifest.json); build one with `dmc compress`")
@@ -75,7 +96,37 @@ def open_artifact(path: str | Path, threads: int | None = None) -> Target:
     m = pipe.manifest
     info = {"kind": "artifact", "path": str(path), "precision": m.data.get("precision"),
             "graphs": sorted(m.graphs), "recipe": m.recipe.to_json(), "model_source": m.model.get("source")}
-    return Target(str(path), "artifact", pipe, info)
+    if not isinstance(pipe, TextToImage):
+        if prompts:
+            raise DmcError(f"{path}: not a text-to-image artifact, so it takes no prompts")
+        return Target(str(path), "artifact", pipe, info)
+    from dmc.data.prompts import EVAL_PROMPTS
+
+    return Target(str(path), "artifact", pipe, info, list(prompts or EVAL_PROMPTS))
+
+
+def open_prompt_model(source: str, manifest, prompts: list[str], threads: int | None = None) -> Target:
+    """The uncompressed pipeline at ``source`` in torch (text encoders, the backbone in the runtime's sampler
+    loop under the artifact's recipe, the VAE decoder), drawing for the artifact's prompts. Tokenizing uses
+    the artifact's shipped tokenizers (``manifest``'s), which the compile checked against transformers'."""
+    from dmc.export.pipeline_parts import pipeline_root, torch_parts_executor
+    from dmc.runtimes.text2image import TextToImage
+
+    parts = torch_parts_executor(source, manifest.data["parts"])
+    root = pipeline_root(source)
+    sub = root / Path(manifest.model["source"]).name  # the backbone's subfolder (unet/, transformer/)
+    backbone_source = str(sub) if Path(source) == root and sub.is_dir() else str(source)
+    expect = manifest.model.get("source_sha256")
+    model = open_model(backbone_source, manifest.recipe, threads, expect_sha256=expect,
+                       training_schedule=manifest.data.get("training_schedule"), calls=_base_calls(manifest))
+    pipe = TextToImage(manifest, model.pipeline, parts)
+    return Target(str(root), "model", pipe, {**model.info, "source": str(root)}, list(prompts))
+
+
+def _base_calls(manifest):
+    from dmc.sampling.step_plan import base_calls
+
+    return base_calls(manifest.data)
 
 
 def _model_sha256(source: str) -> str | None:
@@ -116,15 +167,19 @@ def open_reference(reference: str | None, artifact: Target, threads: int | None 
             raise DmcError(f"the artifact's source model {reference!r} is not available here; "
                            "pass --reference MODEL_OR_ARTIFACT")
     if is_artifact(reference):
-        target = open_artifact(reference, threads)
+        target = open_artifact(reference, threads, artifact.prompts)
+        if (target.prompts is None) != (artifact.prompts is None):
+            raise DmcError(f"reference artifact {reference} and the artifact differ in kind: one is a "
+                           "text-to-image pipeline, the other is not")
         if target.pipeline.manifest.recipe != manifest.recipe:
             warnings.warn(f"reference artifact {reference} has recipe {target.pipeline.manifest.recipe}, "
                           f"the artifact {manifest.recipe}: pairs share seeds and labels only", stacklevel=2)
         return target
-    from dmc.sampling.step_plan import base_calls
-
-    target = open_model(reference, manifest.recipe, threads, expect_sha256=manifest.model.get("source_sha256"),
-                        training_schedule=manifest.data.get("training_schedule"), calls=base_calls(manifest.data))
+    if artifact.prompts is not None:
+        target = open_prompt_model(reference, manifest, artifact.prompts, threads)
+    else:
+        target = open_model(reference, manifest.recipe, threads, expect_sha256=manifest.model.get("source_sha256"),
+                            training_schedule=manifest.data.get("training_schedule"), calls=_base_calls(manifest))
     if target.info["matches_artifact_source"] is False:
         warnings.warn(f"reference model {reference} is not the file the artifact was compiled from "
                       "(sha256 differs): paired metrics include the weight difference", stacklevel=2)
@@ -158,19 +213,23 @@ def _rows(artifact: Target, reference: Target, extractor, n: int, seed: int, bat
     """Per-image rows for this rank's batches: features, paired metrics, labels and predictions."""
     from dmc.evaluate.paired import paired_fidelity
 
-    labels_all = artifact.pipeline.labels_for(n)
+    labels_all = artifact.sampler.labels_for(n)
     out: dict[str, list] = {k: [] for k in ("feat", "feat_ref", "metrics", "labels", "pred", "pred_ref")}
     done = 0
     for first, count in plan:
         labels = None if labels_all is None else labels_all[first:first + count]
-        a = artifact.pipeline.sample(count, seed, class_labels=labels, batch_size=count, first=first)
-        r = reference.pipeline.sample(count, seed, class_labels=labels, batch_size=count, first=first)
-        ua, ur = to_unit(a), to_unit(r)
+        ua = artifact.unit_images(first, count, seed, labels)
+        ur = reference.unit_images(first, count, seed, labels)
         pf = paired_fidelity(ua, ur)
         out["metrics"].append(np.stack([pf["rmse"], pf["psnr"], pf["ssim"]], axis=1))
+        out["labels"].append(np.full(count, -1, np.int64) if labels is None else labels.astype(np.int64))
+        if extractor is None:  # no Frechet features (a text-to-image eval without --features)
+            out["pred"].append(np.full(count, -1, np.int64))
+            out["pred_ref"].append(np.full(count, -1, np.int64))
+            done += count
+            continue
         out["feat"].append(extractor(ua))
         out["feat_ref"].append(extractor(ur))
-        out["labels"].append(np.full(count, -1, np.int64) if labels is None else labels.astype(np.int64))
         pa, pr = extractor.predict(ua), extractor.predict(ur)
         out["pred"].append(np.full(count, -1, np.int64) if pa is None else np.asarray(pa, np.int64))
         out["pred_ref"].append(np.full(count, -1, np.int64) if pr is None else np.asarray(pr, np.int64))
@@ -178,7 +237,7 @@ def _rows(artifact: Target, reference: Target, extractor, n: int, seed: int, bat
         _log(progress, f"sampled {done}/{sum(c for _, c in plan)} image pairs")
     if not plan:
         return {}
-    return {k: np.concatenate(v) for k, v in out.items()}
+    return {k: np.concatenate(v) for k, v in out.items() if v}
 
 
 def _classifier_summary(extractor, labels, pred, pred_ref, num_classes: int | None) -> dict | None:
@@ -193,12 +252,24 @@ def _classifier_summary(extractor, labels, pred, pred_ref, num_classes: int | No
     }
 
 
-def summarize(rows: dict[str, np.ndarray], extractor, ref_feats: np.ndarray, n_boot: int,
+def summarize(rows: dict[str, np.ndarray], extractor, ref_feats: np.ndarray | None, n_boot: int,
               num_classes: int | None) -> dict:
-    """The numbers ``dmc eval`` reports, from all images' rows (rank 0)."""
+    """The numbers ``dmc eval`` reports, from all images' rows (rank 0). ``ref_feats`` None (text-to-image):
+    the Frechet distance is taken to the reference's own images, there being no data set to hold out."""
     from dmc.evaluate.frechet import frechet_with_ci
 
     rmse, psnr, ssim = rows["metrics"].T
+    paired = _paired_summary(rmse, psnr, ssim)
+    if extractor is None:
+        return {"paired": paired, "frechet": None, "classifier": None}
+    if ref_feats is None:
+        with blas_one_thread():
+            fd = frechet_with_ci(rows["feat"], rows["feat_ref"], n_boot=n_boot)
+        frechet = {**{k: fd[k] for k in ("fd", "ci_low", "ci_high", "alpha", "n_boot", "n_gen", "n_ref")},
+                   "ci_method": "bootstrap", "features": extractor.name,
+                   "reference_set": "the reference's images (same prompts and seeds)",
+                   "reference_model_fd": None, "reference_model_ci": None, "fd_delta": fd["fd"]}
+        return {"paired": paired, "frechet": frechet, "classifier": None}
     # The labels are fixed by design (cycling), so resample within each class (see frechet_with_ci),
     # once every class has enough images for that to vary.
     labels = rows["labels"]
@@ -206,12 +277,6 @@ def summarize(rows: dict[str, np.ndarray], extractor, ref_feats: np.ndarray, n_b
     with blas_one_thread():
         fd = frechet_with_ci(rows["feat"], ref_feats, n_boot=n_boot, strata=strata)
         fd_ref = frechet_with_ci(rows["feat_ref"], ref_feats, n_boot=n_boot, strata=strata)
-    paired = {
-        "rmse_mean": float(rmse.mean()), "rmse_worst": float(rmse.max()),
-        "psnr_mean": float(psnr.mean()), "psnr_worst": float(psnr.min()),
-        "ssim_mean": float(ssim.mean()), "ssim_worst": float(ssim.min()),
-        "worst_index": int(rmse.argmax()),
-    }
     frechet = {
         "fd": fd["fd"], "ci_low": fd["ci_low"], "ci_high": fd["ci_high"], "alpha": fd["alpha"],
         "n_boot": fd["n_boot"], "n_gen": fd["n_gen"], "n_ref": fd["n_ref"],
@@ -224,11 +289,24 @@ def summarize(rows: dict[str, np.ndarray], extractor, ref_feats: np.ndarray, n_b
     return {"paired": paired, "frechet": frechet, "classifier": classifier}
 
 
+def _paired_summary(rmse: np.ndarray, psnr: np.ndarray, ssim: np.ndarray) -> dict:
+    return {
+        "rmse_mean": float(rmse.mean()), "rmse_worst": float(rmse.max()),
+        "psnr_mean": float(psnr.mean()), "psnr_worst": float(psnr.min()),
+        "ssim_mean": float(ssim.mean()), "ssim_worst": float(ssim.min()),
+        "worst_index": int(rmse.argmax()),
+    }
+
+
 def evaluate(artifact: str | Path, reference: str | None = None, n: int = DEFAULT_N, seed: int | None = None,
              features: str | None = None, batch_size: int = DEFAULT_BATCH, threads: int | None = None,
              n_boot: int = 200, per_image: bool = True, progress: bool = False,
-             distributed: bool | None = None) -> dict | None:
+             distributed: bool | None = None, prompts: list[str] | None = None) -> dict | None:
     """Evaluate ``artifact`` against ``reference`` (a model source or an artifact; default: its source model).
+
+    A text-to-image artifact draws image i for ``prompts[i mod len]`` (default: the built-in
+    ``EVAL_PROMPTS``) on both sides and compares decoded images; its Frechet distance, taken to the
+    reference's images, needs ``features`` (there is no default extractor for natural images).
 
     Returns the report dict (see ``docs/ci.md``); under ``torchrun`` (``distributed``: None = detect from
     the environment) every rank samples its share and only rank 0 returns it (others return None).
@@ -248,15 +326,16 @@ def evaluate(artifact: str | Path, reference: str | None = None, n: int = DEFAUL
     caught: list[str] = []
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        art = open_artifact(artifact, threads)
+        art = open_artifact(artifact, threads, prompts)
         ref = open_reference(reference, art, threads)
     caught += [str(x.message) for x in w if issubclass(x.category, UserWarning)]
     seed = art.pipeline.recipe.seed if seed is None else int(seed)
+    text_to_image = art.prompts is not None
     try:
-        extractor = load_extractor(features)
+        extractor = None if text_to_image and features is None else load_extractor(features)
     except ValueError as e:
         raise DmcError(str(e)) from None
-    cond = art.pipeline.cond
+    cond = art.sampler.cond
     num_classes = cond.get("num_classes") if cond.get("kind") == "class" else None
     plan = batch_plan(n, batch_size, comm.rank, comm.world)
     _log(progress and comm.rank == 0, f"sampling {n} image pairs (seed {seed}) on {comm.world} process(es)")
@@ -264,8 +343,8 @@ def evaluate(artifact: str | Path, reference: str | None = None, n: int = DEFAUL
     rows = comm.gather_rows(rows)
     if comm.rank != 0:
         return None
-    _log(progress, "computing features of the reference set and Frechet distances")
-    ref_feats = reference_features(extractor)
+    _log(progress and extractor is not None, "computing Frechet distances")
+    ref_feats = None if text_to_image or extractor is None else reference_features(extractor)
     result = {
         "format": EVAL_FORMAT, "format_version": 1,
         "artifact": str(artifact),
@@ -274,6 +353,7 @@ def evaluate(artifact: str | Path, reference: str | None = None, n: int = DEFAUL
         "n": n, "seed": seed, "batch_size": batch_size,
         "class_labels": None if num_classes is None
         else f"cycling 0..{num_classes - 1} (image i gets i mod {num_classes})",
+        "prompts": _prompts_info(art.prompts, prompts),
         **summarize(rows, extractor, ref_feats, n_boot, num_classes),
         "world_size": comm.world,
         "seconds": round(time.time() - started, 2),
@@ -283,7 +363,20 @@ def evaluate(artifact: str | Path, reference: str | None = None, n: int = DEFAUL
         rmse, psnr, ssim = rows["metrics"].T
         result["per_image"] = {"rmse": rmse.tolist(), "psnr": psnr.tolist(), "ssim": ssim.tolist(),
                                "label": rows["labels"].tolist(), "predicted": rows["pred"].tolist()}
+        if text_to_image:
+            result["per_image"]["prompt"] = art.prompts_for(0, n)
     return result
+
+
+def _prompts_info(used: list[str] | None, given: list[str] | None) -> dict | None:
+    """What the eval drew for: enough to tell whether two documents used the same prompts."""
+    if used is None:
+        return None
+    import hashlib
+
+    digest = hashlib.sha256("\n".join(used).encode()).hexdigest()[:16]
+    return {"count": len(used), "source": "given" if given else "built-in", "sha256_16": digest,
+            "rule": "image i gets prompt i mod count"}
 
 
 def format_eval(result: dict) -> str:
@@ -297,10 +390,21 @@ def format_eval(result: dict) -> str:
         f"paired     RMSE mean {p['rmse_mean']:.5f} worst {p['rmse_worst']:.5f} | "
         f"PSNR mean {p['psnr_mean']:.2f} dB worst {p['psnr_worst']:.2f} dB | "
         f"SSIM mean {p['ssim_mean']:.4f} worst {p['ssim_worst']:.4f}",
-        f"frechet    FD {f['fd']:.3f} [{f['ci_low']:.3f}, {f['ci_high']:.3f}] ({1 - f['alpha']:.0%} bootstrap) "
-        f"vs {f['reference_set']} (n_ref={f['n_ref']}), features {f['features']}; "
-        f"reference model FD {f['reference_model_fd']:.3f} (delta {f['fd_delta']:+.3f})",
     ]
+    if result.get("prompts"):
+        q = result["prompts"]
+        lines.insert(3, f"prompts    {q['count']} ({q['source']}); image i gets prompt i mod {q['count']}")
+    if f is None:
+        lines.append("frechet    not measured: a text-to-image eval needs --features (an ONNX embedding or "
+                     "pytorch-fid Inception weights)")
+    elif f.get("reference_model_fd") is None:
+        lines.append(f"frechet    FD {f['fd']:.3f} [{f['ci_low']:.3f}, {f['ci_high']:.3f}] "
+                     f"({1 - f['alpha']:.0%} bootstrap) to {f['reference_set']}, features {f['features']}")
+    else:
+        lines.append(
+            f"frechet    FD {f['fd']:.3f} [{f['ci_low']:.3f}, {f['ci_high']:.3f}] ({1 - f['alpha']:.0%} bootstrap) "
+            f"vs {f['reference_set']} (n_ref={f['n_ref']}), features {f['features']}; "
+            f"reference model FD {f['reference_model_fd']:.3f} (delta {f['fd_delta']:+.3f})")
     if c:
         lines.append(f"classifier accuracy {c['accuracy']:.3f} (reference {c['reference_accuracy']:.3f}) "
                      f"against the asked class")

@@ -159,6 +159,9 @@ def check(baseline: dict, current: dict, thresholds: Thresholds) -> dict:
             if be.get(key) != ce.get(key):
                 notes.append(f"eval {key} differs (baseline {be.get(key)}, current {ce.get(key)}): "
                              "FD is biased by N and varies with the seed; compare like with like")
+        if _get(be, "prompts", "sha256_16") != _get(ce, "prompts", "sha256_16"):
+            notes.append("eval prompts differ between baseline and current: text-to-image numbers are not "
+                         "comparable")
         if _get(be, "frechet", "features") != _get(ce, "frechet", "features"):
             notes.append("Frechet features differ between baseline and current: FD values are not comparable")
     t = thresholds

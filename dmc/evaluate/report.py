@@ -28,8 +28,9 @@ from dmc.errors import DmcError
 FILES = ("samples.png", "trajectory.png", "latency.png")
 
 
-def _record(pipeline, n: int, seed: int, labels) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
-    """Samples plus, per model call k, the state x_k after the call and the raw model output."""
+def _record(target, n: int, seed: int, labels) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """Images in [0, 1] (``Target.unit_images``) plus, per model call k, the state x_k after the call and
+    the raw model output."""
     xs: dict[int, list] = {}
     raws: dict[int, list] = {}
 
@@ -37,7 +38,7 @@ def _record(pipeline, n: int, seed: int, labels) -> tuple[np.ndarray, list[np.nd
         xs.setdefault(k, []).append(np.array(x_next, dtype=np.float64))
         raws.setdefault(k, []).append(np.array(raw, dtype=np.float64))
 
-    out = pipeline.sample(n, seed, class_labels=labels, batch_size=n, on_call=on_call)
+    out = target.unit_images(0, n, seed, labels, on_call=on_call)
     ks = sorted(xs)
     return out, [np.concatenate(xs[k]) for k in ks], [np.concatenate(raws[k]) for k in ks]
 
@@ -46,14 +47,23 @@ def _per_image_rmse(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sqrt(((a - b) ** 2).reshape(len(a), -1).mean(axis=1))
 
 
+def _caption(i: int, labels, prompts) -> str:
+    if prompts is not None:
+        import textwrap
+
+        return f"#{i} " + "\n".join(textwrap.wrap(prompts[i], 22, max_lines=3, placeholder="..."))
+    return f"#{i}" + ("" if labels is None else f" class {labels[i]}")
+
+
 def _samples_png(path: Path, ref_u: np.ndarray, art_u: np.ndarray, labels, psnr: np.ndarray,
-                 ref_name: str, art_name: str) -> None:
+                 ref_name: str, art_name: str, prompts: list[str] | None = None) -> None:
     from matplotlib.figure import Figure
 
     n = len(ref_u)
     err = np.abs(art_u - ref_u).mean(axis=-1)  # [n, H, W], [0, 1] scale
     vmax = max(float(err.max()), 1e-6)
-    fig = Figure(figsize=(1.25 * n + 1.6, 4.6), dpi=110)
+    width, height = (1.25, 4.6) if prompts is None else (1.6, 5.2)  # room for the prompt captions
+    fig = Figure(figsize=(width * n + 1.6, height), dpi=110)
     axes = fig.subplots(3, n, squeeze=False)
     gray = ref_u.shape[-1] == 1
     im = None
@@ -63,8 +73,7 @@ def _samples_png(path: Path, ref_u: np.ndarray, art_u: np.ndarray, labels, psnr:
             ax.imshow(img[..., 0] if gray else img, cmap="gray" if gray else None, vmin=0, vmax=1,
                       interpolation="nearest")
         im = axes[2, i].imshow(err[i], cmap="inferno", vmin=0, vmax=vmax, interpolation="nearest")
-        title = f"#{i}" + ("" if labels is None else f" class {labels[i]}")
-        axes[0, i].set_title(title, fontsize=8)
+        axes[0, i].set_title(_caption(i, labels, prompts), fontsize=6 if prompts else 8)
         axes[2, i].set_xlabel(f"{psnr[i]:.1f} dB", fontsize=8)
         for row in range(3):
             axes[row, i].set_xticks([])
@@ -72,7 +81,7 @@ def _samples_png(path: Path, ref_u: np.ndarray, art_u: np.ndarray, labels, psnr:
     for row, name in enumerate((f"reference\n{ref_name}", f"compressed\n{art_name}", "|error|")):
         axes[row, 0].set_ylabel(name, fontsize=8)
     fig.colorbar(im, ax=axes[2, :].tolist(), fraction=0.02, pad=0.01, label="abs error ([0,1] scale)")
-    fig.suptitle("Same seeds and class labels: reference (top), compressed (middle), error heat map "
+    fig.suptitle(f"Same seeds and {'prompts' if prompts else 'class labels'}: reference (top), compressed (middle), error heat map "
                  "(bottom, PSNR per image)", fontsize=9)
     fig.savefig(path)
 
@@ -181,10 +190,11 @@ img{{max-width:100%;border:1px solid #ccc}}figure{{margin:1.5em 0}}</style></hea
 
 
 def report(artifact: str | Path, reference: str | None, out: str | Path, n: int = 10, seed: int | None = None,
-           repeats: int = 5, threads: int | None = None, force: bool = False, progress: bool = False) -> Path:
+           repeats: int = 5, threads: int | None = None, force: bool = False, progress: bool = False,
+           prompts: list[str] | None = None) -> Path:
     """Write the report folder ``out`` (see module doc) and return its path."""
     from dmc.evaluate.bench import benchmark
-    from dmc.evaluate.evaluate import _log, open_artifact, open_reference, to_unit
+    from dmc.evaluate.evaluate import _log, open_artifact, open_reference
     from dmc.evaluate.paired import paired_fidelity
 
     out = Path(out)
@@ -194,20 +204,20 @@ def report(artifact: str | Path, reference: str | None, out: str | Path, n: int 
         raise DmcError(f"{out.parent}: output folder's parent does not exist")
     if n < 1:
         raise DmcError("--n must be at least 1")
-    art = open_artifact(artifact, threads)
+    art = open_artifact(artifact, threads, prompts)
     ref = open_reference(reference, art, threads)
-    seed = art.pipeline.recipe.seed if seed is None else seed
-    labels = art.pipeline.labels_for(n)
+    seed = art.sampler.recipe.seed if seed is None else seed
+    labels = art.sampler.labels_for(n)
+    shown = None if art.prompts is None else art.prompts_for(0, n)
     _log(progress, f"sampling {n} images with both pipelines, recording trajectories")
-    a, a_x, a_raw = _record(art.pipeline, n, seed, labels)
-    r, r_x, r_raw = _record(ref.pipeline, n, seed, labels)
+    ua, a_x, a_raw = _record(art, n, seed, labels)
+    ur, r_x, r_raw = _record(ref, n, seed, labels)
     steps = min(len(a_x), len(r_x))
     x_err = np.stack([_per_image_rmse(a_x[k], r_x[k]) for k in range(steps)])  # [calls, n]
     out_err = np.stack([_per_image_rmse(a_raw[k], r_raw[k]) if a_raw[k].shape == r_raw[k].shape
                         else np.full(n, np.nan) for k in range(steps)])
-    ua, ur = to_unit(a), to_unit(r)
     pf = paired_fidelity(ua, ur)
-    calls = art.pipeline.calls
+    calls = art.sampler.calls
 
     _log(progress, f"benchmarking ({repeats} interleaved runs)")
     ref_spec = ref.info.get("path") or ref.info.get("source")
@@ -215,8 +225,8 @@ def report(artifact: str | Path, reference: str | None, out: str | Path, n: int 
                       seed=seed, memory=False)
     metrics = {
         "artifact": str(artifact), "reference": ref_spec, "reference_kind": ref.kind,
-        "recipe": art.pipeline.recipe.to_json(), "n": n, "seed": seed,
-        "labels": None if labels is None else labels.tolist(),
+        "recipe": art.sampler.recipe.to_json(), "n": n, "seed": seed,
+        "labels": None if labels is None else labels.tolist(), "prompts": shown,
         "paired": {k: v for k, v in pf.items()},
         "trajectory": {
             "calls": steps, "timesteps": [c.timestep for c in calls[:steps]],
@@ -240,7 +250,7 @@ def report(artifact: str | Path, reference: str | None, out: str | Path, n: int 
         _log(progress, "drawing")
         art_name = Path(str(artifact)).name
         ref_name = Path(str(ref_spec)).name or str(ref_spec)
-        _samples_png(tmp / "samples.png", ur, ua, labels, np.asarray(pf["psnr"]), ref_name, art_name)
+        _samples_png(tmp / "samples.png", ur, ua, labels, np.asarray(pf["psnr"]), ref_name, art_name, shown)
         _trajectory_png(tmp / "trajectory.png", x_err, out_err, [c.timestep for c in calls[:steps]],
                         [c.graph for c in calls[:steps]])
         _latency_png(tmp / "latency.png", bench)

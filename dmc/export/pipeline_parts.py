@@ -237,6 +237,15 @@ def _tokenizer_json(folder: Path):
     return tok, json.dumps(data, ensure_ascii=False).encode()
 
 
+def _load_vae(root: Path):
+    from diffusers import AutoencoderKL
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        vae = AutoencoderKL.from_pretrained(root / "vae", use_safetensors=True).float().eval()
+    return vae.requires_grad_(False)
+
+
 def _encoder_class(folder: PipelineFolder, part: str) -> str:
     entry = folder.index.get(part)
     if isinstance(entry, list) and len(entry) == 2 and entry[1]:
@@ -270,12 +279,7 @@ def build_parts(folder: PipelineFolder, image_size: tuple[int, int], opset: int)
         encoders.append({"graph": enc.part, "tokenizer": rel, "max_length": max_length,
                          "pad_id": int(tok.pad_token_id), "outputs": list(enc.outputs), "mask": enc.mask,
                          "class": type(model).__name__})
-    from diffusers import AutoencoderKL
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        vae = AutoencoderKL.from_pretrained(folder.root / "vae", use_safetensors=True).float().eval()
-    vae.requires_grad_(False)
+    vae = _load_vae(folder.root)
     factor = folder.vae_factor()
     h, w = image_size
     latent = torch.randn(2, vae.config.latent_channels, h // factor, w // factor)
@@ -307,6 +311,39 @@ def build_parts(folder: PipelineFolder, image_size: tuple[int, int], opset: int)
 
 def _computes(name: str) -> str:
     return "VAE decoder: latents -> image" if name == "vae_decoder" else f"{name}: token ids -> text states"
+
+
+def pipeline_root(source: str | Path) -> Path | None:
+    """The pipeline folder of ``source``: the folder itself, or the one holding this backbone subfolder."""
+    path = Path(source)
+    for root in (path, path.parent):
+        if root.is_dir() and (root / "model_index.json").is_file():
+            return root
+    return None
+
+
+def torch_parts_executor(source: str | Path, section: dict):
+    """The artifact's part graphs as their torch modules, loaded from the pipeline folder at ``source``:
+    the uncompressed side of ``dmc eval`` / ``report`` / ``bench`` for text-to-image artifacts."""
+    from dmc.compress.torch_executor import TorchExecutor
+
+    root = pipeline_root(source)
+    folder = open_pipeline_folder(str(root)) if root is not None else None
+    if folder is None or not folder.complete:
+        raise DmcError(f"{source}: not a complete diffusers pipeline folder (model_index.json, text encoder(s), "
+                       "tokenizer(s), vae/), so it cannot be the reference of a text-to-image artifact")
+    if folder.kind.name != section["pipeline"]:
+        raise DmcError(f"{root}: a {folder.kind.name} folder, but the artifact is a {section['pipeline']}")
+    modules, inputs, outputs = {}, {}, {}
+    for enc in section["text_encoders"]:
+        name = enc["graph"]
+        model = _load_text_encoder(root / name, _encoder_class(folder, name))
+        modules[name] = TextEncoderGraph(model, tuple(enc["outputs"]))
+        inputs[name] = ["input_ids"] + (["attention_mask"] if enc.get("mask") else [])
+        outputs[name] = list(enc["outputs"])
+    vae = section["vae"]["graph"]
+    modules[vae], inputs[vae], outputs[vae] = VaeDecoderGraph(_load_vae(root)), ["latent"], ["image"]
+    return TorchExecutor(modules, inputs, outputs)
 
 
 def torch_tokenize(parts: Parts, enc: dict, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -461,3 +498,10 @@ def calibration_conditions(parts: Parts, prompts: list[str] | None) -> PromptCon
     if prompts:
         return PromptConditions(parts, prompts, "file")
     return PromptConditions(parts, list(CALIBRATION_PROMPTS), "built-in")
+
+
+def verification_conditions(parts: Parts) -> PromptConditions:
+    """What the compile's verification samples under: prompts held out from calibration (``EVAL_PROMPTS``)."""
+    from dmc.data.prompts import EVAL_PROMPTS
+
+    return PromptConditions(parts, list(EVAL_PROMPTS), "built-in evaluation")

@@ -131,15 +131,18 @@ class TextToImage:
         return pipe
 
     def latents(self, prompt, negative_prompt=None, n: int | None = None, seed: int | None = None,
-                guidance: float | None = None, batch_size: int = 16, progress: bool = False) -> np.ndarray:
-        """Final latents ``[n, C, h, w]`` for the prompt(s)."""
+                guidance: float | None = None, batch_size: int = 16, progress: bool = False, first: int = 0,
+                on_call=None) -> np.ndarray:
+        """Final latents ``[n, C, h, w]`` for the prompt(s); ``first`` and ``on_call`` as ``Pipeline.sample``'s
+        (image ``first + i`` gets the initial noise of that index: evaluation samples in batches)."""
         prompts = _prompts(prompt, n, "prompt")
         negative = None if negative_prompt is None else _prompts(negative_prompt, len(prompts), "negative_prompt")
         t0 = time.perf_counter()
         cond, uncond = self.conditions(prompts, negative)
         t1 = time.perf_counter()
-        latents = self._sampler(guidance).sample(len(prompts), seed, batch_size=batch_size, progress=progress,
-                                                 conditions=cond, uncond_conditions=uncond)
+        latents = self._sampler(guidance).sample(len(prompts), seed, batch_size=batch_size, first=first,
+                                                 progress=progress, on_call=on_call, conditions=cond,
+                                                 uncond_conditions=uncond)
         self.last_timings = {"text_encoding_s": t1 - t0, "denoising_s": time.perf_counter() - t1}
         return latents
 
