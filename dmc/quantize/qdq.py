@@ -126,6 +126,16 @@ def _topo_first_last(model: onnx.ModelProto, candidates: dict[str, onnx.NodeProt
     return first, ({order[-1]} if order else set())
 
 
+def island_rules(model: onnx.ModelProto, candidates: dict[str, onnx.NodeProto]) -> dict:
+    """The ``keep_float`` policy words: each a test ``(node name, layer name) -> stays float``."""
+    first, last = _topo_first_last(model, candidates)
+    return {
+        "first": lambda nm, layer: nm in first,
+        "last": lambda nm, layer: nm in last,
+        "time_embedding": lambda nm, layer: any(fnmatch.fnmatch(layer, p) for p in TIME_EMBEDDING_PATTERNS),
+    }
+
+
 def _pre_process(src: Path) -> onnx.ModelProto:
     """``quant_pre_process`` from ``src`` to ``pre.onnx`` beside it (weights in ``pre.onnx.data``);
     returns the result's structure and removes ``src``."""
@@ -176,15 +186,14 @@ def prepare_graph(model: onnx.ModelProto, cfg, profile: Profile, release=None) -
             continue
         candidates[n.name] = n
     names = {nm: layer_name(n, inits) for nm, n in candidates.items()}
-    first, last = _topo_first_last(model, candidates)
+    rules = island_rules(model, candidates)
     islands: dict[str, str] = {}
     for nm, layer in names.items():
         for rule in cfg.keep_float:
-            if (rule == "first" and nm in first) or (rule == "last" and nm in last):
+            keep = rules.get(rule)
+            if keep is not None and keep(nm, layer):
                 islands[layer] = rule
-            elif rule == "time_embedding" and any(fnmatch.fnmatch(layer, p) for p in TIME_EMBEDDING_PATTERNS):
-                islands[layer] = "time_embedding"
-            elif rule not in ("first", "last", "time_embedding") and fnmatch.fnmatch(layer, rule):
+            elif keep is None and fnmatch.fnmatch(layer, rule):
                 islands[layer] = f"pattern {rule}"
             if layer in islands:
                 break
