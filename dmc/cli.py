@@ -146,6 +146,9 @@ def _step_plan(sampler: str, sampler_given: bool, steps, calls):
               help="Images sampled to verify the artifact against torch (after a 1-image check of the first calls).")
 @click.option("--verify-budget", type=float, default=300.0, show_default=True,
               help="Seconds full-image verification may take: fewer images (at least 1) when slower; 0 = no bound.")
+@click.option("--int8-parts", default=None, metavar="text,vae",
+              help="Text-to-image: INT8 on the text encoder(s) and/or the VAE decoder too (the denoiser alone "
+                   "by default), each verified against torch on held-out inputs.")
 @click.option("--fidelity-floor", type=float, default=None,
               help="PSNR (dB) against torch below which the artifact is refused (default: 60 FP32, 25 with --int8); "
                    "the floor used is recorded in the manifest.")
@@ -160,12 +163,14 @@ def compress(model, out, sampler, steps, guidance, seed, config_path, int8, cach
     sampler, steps, opts["step_plan"], opts["ems_in_search"] = _step_plan(sampler, sampler_given, steps, opts["calls"])
     recipe = Recipe(sampler=sampler, steps=steps, guidance=guidance, seed=seed)
     from dmc.compress.plan import plan_from_options
+    from dmc.quantize.parts import parse_groups
 
     options = CompileOptions(recipe=recipe, passes=plan_from_options(int8, cache, seed, opts), config_path=config_path,
                              opset=int(opset), force=force, progress=True, scheduler_config=scheduler_config,
                              scheduler_preset=scheduler_preset, device=opts["device"],
                              verify_images=opts["verify_images"], verify_budget_s=opts["verify_budget"] or None,
-                             fidelity_floor=opts["fidelity_floor"])
+                             fidelity_floor=opts["fidelity_floor"],
+                             int8_parts=parse_groups(opts["int8_parts"]))
     if opts.get("size"):
         options.image_size = tuple(opts["size"])
     if opts.get("calib_prompts"):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from text2image_models import save_pixart_pipeline, save_sd_pipeline, save_sdxl_pipeline
+from text2image_models import save_pixart_pipeline, save_sd3_pipeline, save_sd_pipeline, save_sdxl_pipeline
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +23,7 @@ def _compile(source, out, **options):
     from dmc.compress.pipeline import CompileOptions, compile_model
     from dmc.sampling import Recipe
 
-    recipe = Recipe(steps=STEPS, guidance=options.pop("guidance", None))
+    recipe = Recipe(steps=STEPS, guidance=options.pop("guidance", None), sampler=options.pop("sampler", "ddim"))
     return compile_model(str(source), out, CompileOptions(recipe=recipe, verify_images=2, **options))
 
 
@@ -247,6 +247,59 @@ def test_pixart_t5_matches_diffusers_pipeline(tmp_path_factory):
                                 use_resolution_binning=False, clean_caption=False)
         assert got.shape == want.shape == (2, 16, 16, 3) and want.std() > 10
         assert psnr(got, want) >= 40
+
+
+def test_sd3_matches_diffusers_pipeline(tmp_path_factory):
+    """SD3: three encoders, CLIP states padded to T5's width and joined on the token axis, flow matching."""
+    from diffusers import StableDiffusion3Pipeline
+
+    from dmc.runtimes import load
+
+    root = tmp_path_factory.mktemp("t2i-sd3")
+    folder = save_sd3_pipeline(root / "sd3")
+    art = _compile(folder, root / "sd3.dmc", sampler="flow-euler")
+    pipe = load(art)
+    parts = json.loads((art / "manifest.json").read_text())["parts"]
+    assert [e["max_length"] for e in parts["text_encoders"]] == [77, 77, 256]
+    assert parts["conditions"]["encoder_hidden_states"] == {"sequence": [
+        [["text_encoder", "penultimate_hidden_state"], ["text_encoder_2", "penultimate_hidden_state"]],
+        [["text_encoder_3", "last_hidden_state"]]]}
+    assert parts["vae"]["shift_factor"] == pytest.approx(0.1)
+    prompts = ["a red fox in the snow", "a cat"]
+    for negative in (None, ["blurry"] * 2):
+        got = pipe(prompt=prompts, negative_prompt=negative, seed=1)
+        want = diffusers_images(StableDiffusion3Pipeline, folder, pipe, prompts, 1, negative, guidance=7.0)
+        assert got.shape == want.shape == (2, 16, 16, 3) and want.std() > 10
+        assert psnr(got, want) >= 40
+
+
+def test_int8_text_encoder_and_vae_on_request(sd_folder, sd_artifact, tmp_path, run_cli):
+    """--int8-parts: the text encoder and the VAE decoder get W8A8 too, each verified against torch on
+    held-out inputs; a floor they cannot reach refuses the compile, and nothing is written."""
+    from dmc.runtimes import load
+
+    out = tmp_path / "parts.dmc"
+    code, _, err = run_cli("compress", sd_folder, "--out", out, "--steps", "3", "--int8-parts", "text,vae")
+    assert code == 0, err
+    parts = json.loads((out / "manifest.json").read_text())["parts"]
+    assert {k: v["precision"] for k, v in parts["graphs"].items()} == {"text_encoder": "int8", "vae_decoder": "int8"}
+    checked = parts["verification"]["int8_psnr_db"]
+    assert set(checked) == {"text_encoder", "vae_decoder"} and min(checked.values()) >= 25
+    assert parts["int8"]["graphs"]["vae_decoder"]["float_islands"]  # first/last convs stay float
+    prompts = ["a red fox in the snow", "a lighthouse"]
+    got, fp = load(out)(prompt=prompts, seed=3), load(sd_artifact)(prompt=prompts, seed=3)
+    assert 20 < psnr(got, fp) < 80  # changed by INT8, still the same pictures
+    code, text, _ = run_cli("inspect", out)
+    assert "text_encoder (int8)" in text and "vae_decoder (int8)" in text
+
+    code, _, err = run_cli("compress", sd_folder, "--out", tmp_path / "no.dmc", "--steps", "3",
+                           "--int8-parts", "vae", "--fidelity-floor", "99")
+    assert code == 2 and err.strip().splitlines()[-1].startswith("dmc: error: verification failed: INT8 vae_decoder")
+    assert not (tmp_path / "no.dmc").exists()
+    code, _, err = run_cli("compress", sd_folder, "--out", tmp_path / "x.dmc", "--int8-parts", "unet")
+    assert code == 2 and "choose from text, vae" in err
+    code, _, err = run_cli("compress", "demo", "--out", tmp_path / "d.dmc", "--int8-parts", "text")
+    assert code == 2 and "needs a whole diffusers pipeline folder" in err
 
 
 def test_verification_runs_under_held_out_prompts(sd_artifact, sd_folder, tmp_path, run_cli):

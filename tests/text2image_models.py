@@ -152,3 +152,23 @@ def save_pixart_pipeline(root: Path) -> Path:
                                transformer=_randomize(transformer, 0.2), scheduler=DDIMScheduler(**SCHEDULER))
     pipe.save_pretrained(root, safe_serialization=True)
     return root
+
+
+def save_sd3_pipeline(root: Path) -> Path:
+    """A tiny StableDiffusion3Pipeline: two CLIP encoders with projections (16 + 12 wide), a 32-wide T5,
+    an MM-DiT over 16-channel latents, a VAE with a shift factor, flow-matching Euler."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    torch.manual_seed(7)
+    transformer = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=2,
+                                        attention_head_dim=8, num_attention_heads=2, joint_attention_dim=32,
+                                        caption_projection_dim=16, pooled_projection_dim=28, pos_embed_max_size=16)
+    tok, tok2, tok3 = clip_tokenizer(), clip_tokenizer(pad_token="!"), t5_tokenizer()
+    pipe = StableDiffusion3Pipeline(
+        transformer=_randomize(transformer, 0.2), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=vae(latent_channels=16, scaling_factor=1.5, shift_factor=0.1),
+        text_encoder=text_encoder(16, len(tok), projection=16, seed=8), tokenizer=tok,
+        text_encoder_2=text_encoder(12, len(tok2), projection=12, seed=9), tokenizer_2=tok2,
+        text_encoder_3=t5_encoder(len(tok3), dim=32, seed=10), tokenizer_3=tok3)
+    pipe.save_pretrained(root, safe_serialization=True)
+    return root

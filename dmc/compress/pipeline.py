@@ -45,6 +45,7 @@ class CompileOptions:
     calib_prompts: list[str] | None = None  # text-to-image calibration prompts (default: dmc.data.prompts)
     verify_budget_s: float | None = None  # fewer than verify_images when full images would take longer
     fidelity_floor: float | None = None  # PSNR (dB) verification refuses below; None: the passes' own floor
+    int8_parts: tuple[str, ...] = ()  # text-to-image: "text" and/or "vae" get INT8 too (dmc.quantize.parts)
     # verification frees the torch weights before ONNX Runtime opens (a big model is never held twice);
     # True keeps them for callers that run the context's torch pipelines after compiling
     keep_torch: bool = False
@@ -133,6 +134,8 @@ def compile_model(source: str, out: str | Path, options: CompileOptions | None =
             run_passes(ctx, with_seed(complete_plan(options.passes), options.recipe.seed))
         if options.fidelity_floor is not None:  # the user's explicit choice, recorded with the verification
             ctx.fidelity_floor_psnr = float(options.fidelity_floor)
+        if options.int8_parts:
+            _quantize_parts(ctx, parts, options)
         _log(options, "writing graphs")
         # release: the in-memory graphs drop their weight bytes once written (verify reads the files)
         write_graphs({**{n: g.onnx for n, g in ctx.graphs.items()}, **(parts.graphs if parts else {})},
@@ -157,6 +160,19 @@ def compile_model(source: str, out: str | Path, options: CompileOptions | None =
         if ctx.warnings:
             manifest.setdefault("warnings", list(ctx.warnings))
         return writer.finish(manifest, {**build_log(time.time() - started), **ctx.build_facts})
+
+
+def _quantize_parts(ctx: CompileContext, parts, options: CompileOptions) -> None:
+    from dmc.quantize import QuantizeConfig
+    from dmc.quantize.parts import quantize_parts
+    from dmc.quantize.pass_ import FIDELITY_FLOOR_PSNR
+
+    if parts is None:
+        raise DmcError("--int8-parts needs a whole diffusers pipeline folder (text encoders and VAE to quantize)")
+    cfg = next((p for p in options.passes if isinstance(p, QuantizeConfig)), None) or QuantizeConfig()
+    floor = FIDELITY_FLOOR_PSNR if options.fidelity_floor is None else float(options.fidelity_floor)
+    _log(options, f"INT8 on the pipeline parts ({', '.join(options.int8_parts)})")
+    quantize_parts(ctx, parts, tuple(options.int8_parts), cfg, floor)
 
 
 def estimate_artifact_bytes(source: str) -> int:

@@ -59,10 +59,26 @@ class EncoderSpec:
 
 
 @dataclass(frozen=True)
+class Sequence:
+    """A backbone input made of segments one after another on the token axis, each a features join
+    zero-padded to the widest (SD3's ``encoder_hidden_states``: both CLIPs, padded to T5's width, then T5)."""
+
+    segments: tuple[tuple[tuple[str, str], ...], ...]
+
+    def to_json(self) -> dict:
+        return {"sequence": [[list(src) for src in seg] for seg in self.segments]}
+
+
+def _condition_json(sources) -> list | dict:
+    return sources.to_json() if isinstance(sources, Sequence) else [list(src) for src in sources]
+
+
+@dataclass(frozen=True)
 class PipelineKind:
     """How one diffusers pipeline class turns prompts into backbone inputs.
 
-    ``conditions`` maps a backbone input to the encoder outputs concatenated (last axis) to make it;
+    ``conditions`` maps a backbone input to the encoder outputs concatenated (last axis) to make it, or to
+    a ``Sequence`` of such groups concatenated on the token axis;
     ``negative`` is ``encode`` (an empty negative prompt is encoded, as StableDiffusionPipeline does) or
     ``zeros_if_none`` (no negative prompt -> zero embeddings, SDXL's ``force_zeros_for_empty_prompt``).
     ``size_conditions`` are backbone inputs computed from the image size (SDXL's ``time_ids``).
@@ -99,6 +115,18 @@ KINDS = {
         {"encoder_hidden_states": (("text_encoder", "last_hidden_state"),),
          "encoder_attention_mask": (("text_encoder", "attention_mask"),)},
         default_guidance=4.5, lowercase=True),
+    # StableDiffusion3Pipeline.encode_prompt: both CLIPs' penultimate states side by side, zero-padded to T5's
+    # width, then T5's 256 tokens; the pooled input is both CLIPs' projections; T5 gets no mask.
+    "StableDiffusion3Pipeline": PipelineKind(
+        "StableDiffusion3Pipeline",
+        (EncoderSpec("text_encoder", "tokenizer", ("penultimate_hidden_state", "text_embeds"), max_length=77),
+         EncoderSpec("text_encoder_2", "tokenizer_2", ("penultimate_hidden_state", "text_embeds"), max_length=77),
+         EncoderSpec("text_encoder_3", "tokenizer_3", ("last_hidden_state",), max_length=256)),
+        {"encoder_hidden_states": Sequence(((("text_encoder", "penultimate_hidden_state"),
+                                             ("text_encoder_2", "penultimate_hidden_state")),
+                                            (("text_encoder_3", "last_hidden_state"),))),
+         "pooled_projections": (("text_encoder", "text_embeds"), ("text_encoder_2", "text_embeds"))},
+        default_guidance=7.0),
 }
 
 
@@ -206,6 +234,7 @@ class Parts:
     files: dict = field(default_factory=dict)  # path in artifact -> bytes
     section: dict = field(default_factory=dict)  # manifest["parts"]
     tokenizers: dict = field(default_factory=dict)  # encoder part -> transformers tokenizer (compile side)
+    checks: dict = field(default_factory=dict)  # INT8 part -> held-out inputs and torch outputs (quantize/parts)
 
 
 def _load_text_encoder(folder: Path, class_name: str):
@@ -293,7 +322,7 @@ def build_parts(folder: PipelineFolder, image_size: tuple[int, int], opset: int)
         "image_size": [h, w],
         "static_shapes": True,
         "text_encoders": encoders,
-        "conditions": {name: [list(src) for src in srcs] for name, srcs in kind.conditions.items()},
+        "conditions": {name: _condition_json(srcs) for name, srcs in kind.conditions.items()},
         "size_conditions": {name: size_condition(name, h, w) for name in kind.size_conditions},
         "negative": folder.negative,
         "lowercase": kind.lowercase,
@@ -374,7 +403,7 @@ def verify_parts(parts: Parts, root: Path, manifest: dict, prompts: tuple[str, .
 
     executor = open_parts(Manifest(root, manifest), "onnxruntime", ["CPUExecutionProvider"], None)
     result = {}
-    for enc in manifest["parts"]["text_encoders"]:
+    for enc in [e for e in manifest["parts"]["text_encoders"] if e["graph"] not in parts.checks]:
         prompts = [p.lower().strip() for p in prompts] if manifest["parts"].get("lowercase") else list(prompts)
         ids, mask = Tokenizer(root / enc["tokenizer"], enc["max_length"], enc["pad_id"]).encode_with_mask(prompts)
         want_ids, want_mask = torch_tokenize(parts, enc, prompts)
@@ -386,17 +415,23 @@ def verify_parts(parts: Parts, root: Path, manifest: dict, prompts: tuple[str, .
         result[enc["graph"]] = max(float(np.abs(executor.to_numpy(g) - want[name]).max())
                                    for g, name in zip(got, enc["outputs"]))
     vae = manifest["parts"]["vae"]
-    spec = manifest["parts"]["graphs"]["vae_decoder"]["inputs"][0]["shape"]
-    latent = np.random.default_rng(0).standard_normal((2, *spec[1:]), dtype=np.float32)
-    got = executor.to_numpy(executor.run(vae["graph"], {"latent": latent})[0])
-    with torch.no_grad():
-        want = parts.modules["vae_decoder"](torch.from_numpy(latent)).numpy()
-    result["vae_decoder"] = float(np.abs(got - want).max())
-    worst = max(result.values())
+    if vae["graph"] not in parts.checks:
+        spec = manifest["parts"]["graphs"]["vae_decoder"]["inputs"][0]["shape"]
+        latent = np.random.default_rng(0).standard_normal((2, *spec[1:]), dtype=np.float32)
+        got = executor.to_numpy(executor.run(vae["graph"], {"latent": latent})[0])
+        with torch.no_grad():
+            want = parts.modules["vae_decoder"](torch.from_numpy(latent)).numpy()
+        result["vae_decoder"] = float(np.abs(got - want).max())
+    worst = max(result.values(), default=0.0)
     if not worst < 1e-3:
         raise DmcError(f"verification failed: a pipeline part differs from torch (max abs {worst:.2e}); "
                        "nothing was written")
-    return {"max_abs": result, "prompts": len(prompts)}
+    out = {"max_abs": result, "prompts": len(prompts)}
+    if parts.checks:  # INT8 parts: PSNR on held-out inputs against a floor, as the backbone is verified
+        from dmc.quantize.parts import check_written
+
+        out["int8_psnr_db"] = check_written(executor, parts, manifest["parts"]["int8"]["floor_psnr_db"])
+    return out
 
 
 def plan(source: str, recipe, image_size: tuple[int, int] | None, config_path: str | None = None):
@@ -450,12 +485,13 @@ class PromptConditions:
 
     @staticmethod
     def _encode(parts: Parts, prompts: list[str]) -> dict[str, np.ndarray]:
+        from dmc.runtimes.text2image import join_conditions
+
         section = parts.section
         outs = {}
         for enc in section["text_encoders"]:
             outs.update({(enc["graph"], k): v for k, v in torch_encode(parts, enc, prompts).items()})
-        return {cond: np.concatenate([outs[(g, o)] for g, o in sources], axis=-1).astype(np.float32)
-                for cond, sources in section["conditions"].items()}
+        return join_conditions(section["conditions"], outs)
 
     def for_images(self, first: int, n: int) -> tuple[dict, dict | None]:
         idx = (first + np.arange(n)) % len(self.prompts)

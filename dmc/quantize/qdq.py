@@ -234,7 +234,7 @@ STATS_BYTES_PER_RUN = 1 << 30  # activation bytes one stats run may return (boun
 
 
 def record_stats(prepared: PreparedGraph, batches: list[dict], seed: int,
-                 rows_per_run: int = 128, progress: bool = False) -> dict[str, ActivationStats]:
+                 rows_per_run: int = 128, progress: bool = False, rows_key: str = "sample") -> dict[str, ActivationStats]:
     """Run the prepared FP graph over ``batches`` (feed dicts) and collect statistics of its
     ``tensors``.
 
@@ -255,11 +255,11 @@ def record_stats(prepared: PreparedGraph, batches: list[dict], seed: int,
     inputs = {i.name for i in session.get_inputs()}
     rng = np.random.default_rng([seed, 0x57A7])
     stats = {t: ActivationStats(rng) for t in tensors}
-    total = sum(len(b["sample"]) for b in batches)
+    total = sum(len(b[rows_key]) for b in batches)  # the input whose first axis counts rows
     step = 1
     with bar(progress, total, "activation statistics", "row") as pbar:
         for feeds in batches:
-            n = len(feeds["sample"])
+            n = len(feeds[rows_key])
             s = 0
             while s < n:
                 sub = {}

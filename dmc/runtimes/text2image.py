@@ -42,6 +42,36 @@ LATENT_REFUSAL = ("this artifact holds only the backbone of a latent model (no V
                   "text_encoder/, tokenizer/, vae/) to get images, or pass --latents OUT.npy to save the latents")
 
 
+def _features(sources, outputs: dict) -> np.ndarray:
+    """Encoder outputs side by side on the last axis (SD 1.x/2.x, SDXL's two CLIP widths)."""
+    return np.concatenate([outputs[tuple(src)] for src in sources], axis=-1)
+
+
+def _sequence(segments, outputs: dict) -> np.ndarray:
+    """Segments one after another on the token axis, each zero-padded on the last axis to the widest
+    (SD3: the two CLIPs' states, padded to T5's width, then T5's states)."""
+    parts = [_features(sources, outputs) for sources in segments]
+    width = max(p.shape[-1] for p in parts)
+    parts = [np.pad(p, [(0, 0)] * (p.ndim - 1) + [(0, width - p.shape[-1])]) for p in parts]
+    return np.concatenate(parts, axis=1)
+
+
+# How the manifest's ``parts.conditions`` entries build a backbone input: a list of [graph, output] sources is
+# a ``features`` join; ``{"sequence": [[sources], ...]}`` names its join.
+CONDITION_JOINS = {"features": _features, "sequence": _sequence}
+
+
+def join_conditions(conditions: dict, outputs: dict) -> dict[str, np.ndarray]:
+    """Backbone inputs from encoder ``outputs`` (``{(graph, output): [n, ...]}``), per the manifest's recipe."""
+    joined = {}
+    for name, spec in conditions.items():
+        (join, args), = spec.items() if isinstance(spec, dict) else (("features", spec),)
+        if join not in CONDITION_JOINS:
+            raise DmcError(f"condition {name!r}: unknown join {join!r} (this runtime knows {', '.join(CONDITION_JOINS)})")
+        joined[name] = CONDITION_JOINS[join](args, outputs).astype(np.float32, copy=False)
+    return joined
+
+
 def open_parts(manifest: Manifest, backend: str, providers, threads):
     """An executor over the part graphs (text encoders, VAE decoder) on the same backend as the backbone."""
     from dmc.runtimes.executor import backend_class
@@ -94,8 +124,7 @@ class TextToImage:
                 values = [self.executor.to_numpy(v) for v in self.executor.run(enc["graph"], feeds)]
                 for name, value in zip(enc["outputs"] + ["attention_mask"], values + [mask.astype(np.float32)]):
                     outputs.setdefault((enc["graph"], name), []).append(value)
-        return {cond: np.concatenate([np.concatenate(outputs[(g, o)]) for g, o in sources], axis=-1)
-                .astype(np.float32, copy=False) for cond, sources in self.parts["conditions"].items()}
+        return join_conditions(self.parts["conditions"], {k: np.concatenate(v) for k, v in outputs.items()})
 
     def conditions(self, prompts: list[str], negative: list[str] | None) -> tuple[dict, dict | None]:
         """``(conditions, uncond_conditions)`` for the sampler loop; None leaves the negative half at zeros."""
@@ -109,14 +138,7 @@ class TextToImage:
     def decode(self, latents: np.ndarray, batch_size: int = 8) -> np.ndarray:
         """Latents in model space -> images ``[n, 3, H, W]`` in [-1, 1] (diffusers' scaling rules)."""
         vae = self.parts["vae"]
-        z = latents.astype(np.float32)
-        if vae.get("latents_mean") is not None and vae.get("latents_std") is not None:
-            shape = (1, -1, 1, 1)
-            mean = np.asarray(vae["latents_mean"], np.float32).reshape(shape)
-            std = np.asarray(vae["latents_std"], np.float32).reshape(shape)
-            z = z * std / vae["scaling_factor"] + mean
-        else:
-            z = z / vae["scaling_factor"] + (vae.get("shift_factor") or 0.0)
+        z = vae_input(latents, vae)
         chunks = [self.executor.to_numpy(self.executor.run(vae["graph"], {"latent": z[s:s + batch_size]})[0])
                   for s in range(0, len(z), batch_size)]
         return np.concatenate(chunks)
@@ -159,6 +181,17 @@ class TextToImage:
         images = self.decode(latents)
         self.last_timings["decoding_s"] = time.perf_counter() - t0
         return to_uint8_images(images)
+
+
+def vae_input(latents: np.ndarray, vae: dict) -> np.ndarray:
+    """Model-space latents -> what the VAE decoder graph takes (diffusers' scaling and shift rules)."""
+    z = latents.astype(np.float32)
+    if vae.get("latents_mean") is not None and vae.get("latents_std") is not None:
+        shape = (1, -1, 1, 1)
+        mean = np.asarray(vae["latents_mean"], np.float32).reshape(shape)
+        std = np.asarray(vae["latents_std"], np.float32).reshape(shape)
+        return z * std / vae["scaling_factor"] + mean
+    return z / vae["scaling_factor"] + (vae.get("shift_factor") or 0.0)
 
 
 def to_uint8_images(images: np.ndarray) -> np.ndarray:
@@ -233,7 +266,7 @@ def describe_parts(manifest: Manifest) -> dict:
                 if latent else "backbone only (pixel model)")
         return {"holds": ["backbone"], "text": text}
     h, w = parts["image_size"]
-    graphs = ", ".join(parts["graphs"])
+    graphs = ", ".join(f"{name} ({info.get('precision', 'fp32')})" for name, info in parts["graphs"].items())
     text = (f"{parts['pipeline']}: prompt -> image, {h}x{w} px (static shapes, fixed at compile time); "
             f"parts {graphs}; guidance {manifest.recipe.guidance}")
     return {"pipeline": parts["pipeline"], "holds": parts["holds"], "image_size": [h, w],
