@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from text2image_models import save_pixart_pipeline, save_sd3_pipeline, save_sd_pipeline, save_sdxl_pipeline
+from text2image_models import (save_flux_pipeline, save_pixart_pipeline, save_sd3_pipeline, save_sd_pipeline,
+                               save_sdxl_pipeline)
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -271,6 +272,36 @@ def test_sd3_matches_diffusers_pipeline(tmp_path_factory):
         want = diffusers_images(StableDiffusion3Pipeline, folder, pipe, prompts, 1, negative, guidance=7.0)
         assert got.shape == want.shape == (2, 16, 16, 3) and want.std() > 10
         assert psnr(got, want) >= 40
+
+
+def test_flux_matches_diffusers_pipeline(tmp_path_factory):
+    """Flux: CLIP's pooled state + T5, guidance-distilled (the scale is an input, no CFG batch), packed latents,
+    FluxPipeline's own sigma spacing under the dynamic shift."""
+    import torch
+    from diffusers import FluxPipeline
+
+    from dmc.runtimes import load
+    from dmc.sampling.calls import initial_noise
+
+    root = tmp_path_factory.mktemp("t2i-flux")
+    folder = save_flux_pipeline(root / "flux")
+    art = _compile(folder, root / "flux.dmc", sampler="flow-euler", image_size=(16, 16))
+    pipe = load(art)
+    manifest = json.loads((art / "manifest.json").read_text())
+    assert manifest["recipe"]["guidance"] == 1.0 and manifest["parts"]["negative"] == "zeros_if_none"
+    prompts = ["a red fox in the snow", "a cat"]
+    got = pipe(prompt=prompts, seed=1)
+    ref = FluxPipeline.from_pretrained(folder)
+    ref.set_progress_bar_config(disable=True)
+    noise = torch.from_numpy(initial_noise(1, 2, pipe.sample_shape))
+    c, h, w = pipe.sample_shape
+    want = ref(prompts, num_inference_steps=STEPS, guidance_scale=3.5, height=16, width=16, output_type="np",
+               latents=FluxPipeline._pack_latents(noise, 2, c, h, w)).images
+    want = np.round(want * 255).astype(np.uint8)
+    used = [c["timestep"] for c in manifest["sampler"]["calls"]]  # the tiny model barely tells schedules apart
+    np.testing.assert_allclose(used, ref.scheduler.timesteps.numpy(), rtol=1e-5)
+    assert got.shape == want.shape == (2, 16, 16, 3) and want.std() > 10
+    assert psnr(got, want) >= 40
 
 
 def test_int8_text_encoder_and_vae_on_request(sd_folder, sd_artifact, tmp_path, run_cli):

@@ -172,3 +172,23 @@ def save_sd3_pipeline(root: Path) -> Path:
         text_encoder_3=t5_encoder(len(tok3), dim=32, seed=10), tokenizer_3=tok3)
     pipe.save_pretrained(root, safe_serialization=True)
     return root
+
+
+def save_flux_pipeline(root: Path) -> Path:
+    """A tiny guidance-distilled FluxPipeline: CLIP (16 wide, pooled), T5 (12 wide), one double- and one
+    single-stream block over packed 16-channel latents, dynamically shifted flow-matching Euler."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    torch.manual_seed(11)
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1,
+                                         attention_head_dim=8, num_attention_heads=2, joint_attention_dim=12,
+                                         pooled_projection_dim=16, guidance_embeds=True, axes_dims_rope=(2, 2, 4))
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096)
+    tok, tok2 = clip_tokenizer(), t5_tokenizer()
+    pipe = FluxPipeline(transformer=_randomize(transformer, 0.2), scheduler=scheduler,
+                        vae=vae(latent_channels=16, scaling_factor=0.4, shift_factor=0.1),
+                        text_encoder=text_encoder(16, len(tok), seed=12), tokenizer=tok,
+                        text_encoder_2=t5_encoder(len(tok2), dim=12, seed=13), tokenizer_2=tok2)
+    pipe.save_pretrained(root, safe_serialization=True)
+    return root

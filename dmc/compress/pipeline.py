@@ -76,7 +76,8 @@ def prepare(source: str, options: CompileOptions) -> CompileContext:
     if options.recipe.guided and adapter.conditioning().kind == "none":
         raise DmcError("--guidance > 1 needs a conditional model (this one is unconditional)")
     ctx = CompileContext(loaded, adapter, options.recipe, [], progress=options.progress, device=options.device)
-    ctx.calls = compile_calls(options.recipe, loaded.scheduler_config, ctx.sample_shape)
+    ctx.calls = compile_calls(options.recipe, loaded.scheduler_config, ctx.sample_shape,
+                              adapter.pipeline_sigmas(options.recipe.steps))
     c, h, w = ctx.sample_shape
     example = adapter.example_inputs(2)
     example = (torch.randn(2, c, h, w),) + tuple(example[1:])
@@ -98,7 +99,7 @@ def reference_pipeline(source: str, recipe: Recipe, config_path: str | None = No
     schedule = training_schedule or schedules.resolve(source, loaded.scheduler_config, loaded.scheduler_origin)[0]
     adapter = make_adapter(loaded.model, loaded.class_name, recipe.resolution)
     shape = adapter.sample_shape if not recipe.resolution else (adapter.in_channels, *recipe.resolution)
-    calls = compile_calls(recipe, schedule, shape)
+    calls = compile_calls(recipe, schedule, shape, adapter.pipeline_sigmas(recipe.steps))
     for c in calls:
         c.graph = "full"
     executor = TorchExecutor({"full": adapter}, {"full": adapter.input_names}, {"full": [OUTPUT_NAME]})

@@ -45,8 +45,12 @@ def _text_embeds(out, model):  # CLIPTextModelWithProjection's pooled projection
     return out.text_embeds
 
 
+def _pooler_output(out, model):  # CLIPTextModel's pooled state (Flux's pooled_projections)
+    return out.pooler_output
+
+
 TEXT_OUTPUTS = {"last_hidden_state": _last_hidden_state, "penultimate_hidden_state": _penultimate_hidden_state,
-                "text_embeds": _text_embeds}
+                "text_embeds": _text_embeds, "pooler_output": _pooler_output}
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,15 @@ KINDS = {
                                             (("text_encoder_3", "last_hidden_state"),))),
          "pooled_projections": (("text_encoder", "text_embeds"), ("text_encoder_2", "text_embeds"))},
         default_guidance=7.0),
+    # FluxPipeline.encode_prompt: CLIP's pooled state, T5's 512 tokens (no mask); guidance-distilled, so no CFG
+    # batch by default (the ``guidance`` input carries the scale) and no negative encoding unless one is given
+    "FluxPipeline": PipelineKind(
+        "FluxPipeline",
+        (EncoderSpec("text_encoder", "tokenizer", ("pooler_output",), max_length=77),
+         EncoderSpec("text_encoder_2", "tokenizer_2", ("last_hidden_state",), max_length=512)),
+        {"encoder_hidden_states": (("text_encoder_2", "last_hidden_state"),),
+         "pooled_projections": (("text_encoder", "pooler_output"),)},
+        negative="zeros_if_none", default_guidance=1.0),
 }
 
 

@@ -111,6 +111,10 @@ class Adapter(nn.Module):
     def sample_shape(self) -> tuple[int, int, int]:
         return (self.in_channels, *self.sample_size)
 
+    def pipeline_sigmas(self, steps: int):
+        """The sigmas the model's own diffusers pipeline hands ``set_timesteps`` (None: the scheduler's spacing)."""
+        return None
+
     @property
     def pixel_size(self) -> tuple[int, int]:
         """The image size a latent model is conditioned on (the usual VAE factor 8)."""

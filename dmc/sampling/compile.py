@@ -28,8 +28,10 @@ def flow_mu(schedule: dict, sample_shape: tuple | None) -> float:
     return base + (top - base) * (seq - base_len) / (max_len - base_len)
 
 
-def build_scheduler(recipe: Recipe, training_schedule: dict | None, sample_shape: tuple | None = None):
-    """The diffusers scheduler for ``recipe``, configured from the training schedule, timesteps set."""
+def build_scheduler(recipe: Recipe, training_schedule: dict | None, sample_shape: tuple | None = None,
+                    sigmas=None):
+    """The diffusers scheduler for ``recipe``, configured from the training schedule, timesteps set.
+    ``sigmas``: a pipeline's own spacing (``Adapter.pipeline_sigmas``), where the scheduler takes one."""
     import diffusers
 
     if training_schedule is None:
@@ -52,6 +54,9 @@ def build_scheduler(recipe: Recipe, training_schedule: dict | None, sample_shape
             raise DmcError(f"sampler {recipe.sampler!r} cannot follow a dynamically shifted schedule "
                            f"(choose from {', '.join(n for n in names(kind) if n != recipe.sampler)})")
         timestep_kwargs["mu"] = flow_mu(training_schedule, sample_shape)
+    if sigmas is not None and "sigmas" in inspect.signature(cls.set_timesteps).parameters \
+            and not kwargs.get("use_flow_sigmas"):  # flow-sigma solvers space their own (as FluxPipeline lets them)
+        timestep_kwargs["sigmas"] = list(sigmas)
     try:
         sched = cls(**kwargs)
         sched.set_timesteps(recipe.steps, **timestep_kwargs)
@@ -61,8 +66,8 @@ def build_scheduler(recipe: Recipe, training_schedule: dict | None, sample_shape
 
 
 def compile_calls(recipe: Recipe, training_schedule: dict | None,
-                  sample_shape: tuple | None = None) -> list[SamplerCall]:
-    sched = build_scheduler(recipe, training_schedule, sample_shape)
+                  sample_shape: tuple | None = None, sigmas=None) -> list[SamplerCall]:
+    sched = build_scheduler(recipe, training_schedule, sample_shape, sigmas)
     try:
         return SOLVERS[recipe.sampler].build(sched)
     except (ValueError, NotImplementedError) as e:  # e.g. PNDM refusing prediction_type="sample"

@@ -15,6 +15,7 @@ scale as the ``guidance`` input (default 3.5, the same in both halves of a guide
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from dmc.models.adapters import Adapter, CondInput, Conditioning, text_conditioning
@@ -73,6 +74,9 @@ class FluxAdapter(Adapter):
     @staticmethod
     def default_size(cfg):
         return FLUX_DEFAULT_LATENT
+
+    def pipeline_sigmas(self, steps: int):
+        return np.linspace(1.0, 1.0 / steps, steps)  # FluxPipeline's, shifted by the scheduler's mu
 
     def conditioning(self) -> Conditioning:
         cfg = self.model.config
