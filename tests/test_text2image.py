@@ -333,6 +333,28 @@ def test_int8_text_encoder_and_vae_on_request(sd_folder, sd_artifact, tmp_path, 
     assert code == 2 and "needs a whole diffusers pipeline folder" in err
 
 
+def test_parts_take_the_external_data_path_of_big_encoders(tmp_path, monkeypatch):
+    """A T5-XXL-sized encoder is over protobuf's 2 GB: with the limit lowered below this text encoder's 4 MB of
+    weights (and above every graph's structure), export, INT8 preparation and the artifact keep its weights
+    out of the graph protos, and the runtime still matches the FP32 artifact."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    from dmc.export import external
+    from dmc.runtimes import load
+    from text2image_models import SCHEDULER, clip_tokenizer, sd_unet, text_encoder, vae
+
+    tok = clip_tokenizer()
+    StableDiffusionPipeline(vae=vae(), text_encoder=text_encoder(256, len(tok)), tokenizer=tok, unet=sd_unet(256),
+                            scheduler=DDIMScheduler(**SCHEDULER), safety_checker=None, feature_extractor=None,
+                            requires_safety_checker=False).save_pretrained(tmp_path / "wide", safe_serialization=True)
+    fp = _compile(tmp_path / "wide", tmp_path / "fp.dmc")
+    monkeypatch.setattr(external, "MAX_PROTO_BYTES", 3 << 19)  # 1.5 MB
+    out = _compile(tmp_path / "wide", tmp_path / "ext.dmc", int8_parts=("text",))
+    info = json.loads((out / "manifest.json").read_text())["parts"]["graphs"]["text_encoder"]
+    assert info["precision"] == "int8" and (out / info["file"]).stat().st_size < 3 << 19
+    assert psnr(load(out)(prompt="a red fox", seed=0), load(fp)(prompt="a red fox", seed=0)) > 20
+
+
 def test_verification_runs_under_held_out_prompts(sd_artifact, sd_folder, tmp_path, run_cli):
     """The compile compares the artifact with torch under real prompt embeddings with CFG (not zero
     embeddings, which make both guidance halves equal and hide the INT8 error that CFG amplifies), and
