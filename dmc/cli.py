@@ -82,8 +82,8 @@ def _step_plan(sampler: str, sampler_given: bool, steps, calls):
 @click.argument("model")
 @click.option("--out", "-o", type=click.Path(), help="Artifact folder to write (default: <model>.dmc).")
 @click.option("--sampler", type=click.Choice([*SOLVERS, "dpm-v3"]), default="ddim", show_default=True,
-              help="Compiled solver (README: samplers); flow-* for SD3/Flux-type models; dpm-v3: DPM-Solver-v3 "
-                   "with statistics computed from the model.")
+              help="Compiled solver (README: samplers); unset: ddim, or flow-euler for flow-matching models "
+                   "(SD3, Flux); dpm-v3: DPM-Solver-v3 with statistics computed from the model.")
 @click.option("--steps", type=_StepsType(), default="20", show_default=True,
               help="Scheduler steps N: N model calls (heun: 2N-1, plms: N+1, pndm: N+9); auto: search the "
                    "timesteps and per-call solver for --calls N model calls.")
@@ -170,7 +170,8 @@ def compress(model, out, sampler, steps, guidance, seed, config_path, int8, cach
                              scheduler_preset=scheduler_preset, device=opts["device"],
                              verify_images=opts["verify_images"], verify_budget_s=opts["verify_budget"] or None,
                              fidelity_floor=opts["fidelity_floor"],
-                             int8_parts=parse_groups(opts["int8_parts"]))
+                             int8_parts=parse_groups(opts["int8_parts"]),
+                             sampler_follows_schedule=not sampler_given and opts["step_plan"] is None)
     if opts.get("size"):
         options.image_size = tuple(opts["size"])
     if opts.get("calib_prompts"):

@@ -250,7 +250,7 @@ def test_pixart_t5_matches_diffusers_pipeline(tmp_path_factory):
         assert psnr(got, want) >= 40
 
 
-def test_sd3_matches_diffusers_pipeline(tmp_path_factory):
+def test_sd3_matches_diffusers_pipeline(tmp_path_factory, run_cli):
     """SD3: three encoders, CLIP states padded to T5's width and joined on the token axis, flow matching."""
     from diffusers import StableDiffusion3Pipeline
 
@@ -272,6 +272,10 @@ def test_sd3_matches_diffusers_pipeline(tmp_path_factory):
         want = diffusers_images(StableDiffusion3Pipeline, folder, pipe, prompts, 1, negative, guidance=7.0)
         assert got.shape == want.shape == (2, 16, 16, 3) and want.std() > 10
         assert psnr(got, want) >= 40
+    # from the command line an unset --sampler follows the model's (flow-matching) training schedule
+    code, _, err = run_cli("compress", folder, "--out", root / "cli.dmc", "--steps", "3", "--verify-images", "1")
+    assert code == 0, err
+    assert json.loads((root / "cli.dmc" / "manifest.json").read_text())["recipe"]["sampler"] == "flow-euler"
 
 
 def test_flux_matches_diffusers_pipeline(tmp_path_factory):

@@ -45,6 +45,7 @@ class CompileOptions:
     calib_prompts: list[str] | None = None  # text-to-image calibration prompts (default: dmc.data.prompts)
     verify_budget_s: float | None = None  # fewer than verify_images when full images would take longer
     fidelity_floor: float | None = None  # PSNR (dB) verification refuses below; None: the passes' own floor
+    sampler_follows_schedule: bool = False  # the sampler was not chosen: a flow-matching model gets flow-euler
     int8_parts: tuple[str, ...] = ()  # text-to-image: "text" and/or "vae" get INT8 too (dmc.quantize.parts)
     # verification frees the torch weights before ONNX Runtime opens (a big model is never held twice);
     # True keeps them for callers that run the context's torch pipelines after compiling
@@ -69,6 +70,11 @@ def prepare(source: str, options: CompileOptions) -> CompileContext:
     loaded = load_model(source, options.config_path, memory_factor)
     loaded.scheduler_config, loaded.scheduler_origin = schedules.resolve(
         source, loaded.scheduler_config, loaded.scheduler_origin, options.scheduler_config, options.scheduler_preset)
+    if options.sampler_follows_schedule:
+        from dmc.sampling.solvers import solver_for
+
+        sampler = solver_for(options.recipe.sampler, schedules.family(loaded.scheduler_config))
+        options.recipe = dataclasses.replace(options.recipe, sampler=sampler)
     adapter = make_adapter(loaded.model, loaded.class_name, options.recipe.resolution)
     if options.recipe.guidance is None:  # auto: guide class-conditional models
         guidance = 2.0 if adapter.conditioning().kind == "class" else 1.0

@@ -64,6 +64,14 @@ SOLVERS: dict[str, Solver] = {
 }
 
 
+DEFAULT_SOLVER = {DIFFUSION: "ddim", FLOW: "flow-euler"}  # what a default --sampler means per schedule family
+
+
+def solver_for(sampler: str, schedule_family: str) -> str:
+    """``sampler`` when it runs this schedule family, else the family's default (the CLI's unset --sampler)."""
+    return sampler if SOLVERS[sampler].family == schedule_family else DEFAULT_SOLVER[schedule_family]
+
+
 def names(family: str | None = None) -> list[str]:
     return [n for n, s in SOLVERS.items() if family is None or s.family == family]
 
