@@ -19,7 +19,7 @@ import numpy as np
 from dmc.errors import DmcError
 
 PART_GROUPS = ("text", "vae")
-VAE_IMAGES = 4  # torch pipeline runs whose final latents calibrate (and, at another seed, check) the decoder
+VAE_IMAGES = 2  # images whose final latents calibrate (and, at another seed, check) the decoder: 2 torch runs
 TEXT_BATCH = 16
 
 
