@@ -194,7 +194,7 @@ def compress(model, out, sampler, steps, guidance, seed, config_path, int8, cach
 @click.option("--class-label", type=int, default=None, help="One class for all images (default: cycle classes).")
 @click.option("--prompt", "prompts", multiple=True, help="Text-to-image: a prompt (repeat for several).")
 @click.option("--negative-prompt", default=None, help="Text-to-image: the negative prompt.")
-@click.option("--guidance", type=float, default=None, help="Text-to-image: guidance scale (default: the recipe's).")
+@click.option("--guidance", type=float, default=None, help="Text-to-image: guidance scale (default: the recipe's; Flux: its distilled scale, default 3.5).")
 @click.option("--latents", "latents_path", type=click.Path(), default=None,
               help="Also write the final latents to this .npy (the only output of a backbone-only latent model).")
 @click.option("--out", "-o", type=click.Path(), default="samples.png", show_default=True)

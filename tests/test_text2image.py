@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dmc.errors import DmcError
+
 from text2image_models import (save_flux_pipeline, save_pixart_pipeline, save_sd3_pipeline, save_sd_pipeline,
                                save_sdxl_pipeline)
 
@@ -302,6 +304,12 @@ def test_flux_matches_diffusers_pipeline(tmp_path_factory):
     want = ref(prompts, num_inference_steps=STEPS, guidance_scale=3.5, height=16, width=16, output_type="np",
                latents=FluxPipeline._pack_latents(noise, 2, c, h, w)).images
     want = np.round(want * 255).astype(np.uint8)
+    low = pipe(prompt=prompts, seed=1, guidance=1.5)  # the distilled scale, fed to the transformer
+    want_low = ref(prompts, num_inference_steps=STEPS, guidance_scale=1.5, height=16, width=16, output_type="np",
+                   latents=FluxPipeline._pack_latents(noise, 2, c, h, w)).images
+    assert psnr(low, np.round(want_low * 255).astype(np.uint8)) >= 40 and psnr(low, got) < 60
+    with pytest.raises(DmcError, match="guidance-distilled"):
+        _compile(folder, root / "cfg.dmc", sampler="flow-euler", image_size=(16, 16), guidance=3.5)
     used = [c["timestep"] for c in manifest["sampler"]["calls"]]  # the tiny model barely tells schedules apart
     np.testing.assert_allclose(used, ref.scheduler.timesteps.numpy(), rtol=1e-5)
     assert got.shape == want.shape == (2, 16, 16, 3) and want.std() > 10

@@ -96,6 +96,7 @@ class PipelineKind:
     size_conditions: tuple[str, ...] = ()
     default_guidance: float = 7.5
     lowercase: bool = False  # the pipeline lower-cases and strips prompts first (PixArt without clean_caption)
+    distilled_guidance: bool = False  # the scale is a backbone input set at run time (Flux), never a CFG batch
 
 
 KINDS = {
@@ -139,7 +140,7 @@ KINDS = {
          EncoderSpec("text_encoder_2", "tokenizer_2", ("last_hidden_state",), max_length=512)),
         {"encoder_hidden_states": (("text_encoder_2", "last_hidden_state"),),
          "pooled_projections": (("text_encoder", "pooler_output"),)},
-        negative="zeros_if_none", default_guidance=1.0),
+        negative="zeros_if_none", default_guidance=1.0, distilled_guidance=True),
 }
 
 
@@ -457,6 +458,9 @@ def plan(source: str, recipe, image_size: tuple[int, int] | None, config_path: s
     if folder is not None and not folder.complete:
         notes.append(missing_warning(folder))
         warnings.warn(notes[-1], stacklevel=2)
+    if folder is not None and folder.kind.distilled_guidance and (recipe.guidance or 1.0) > 1.0:
+        raise DmcError(f"{folder.kind.name} is guidance-distilled: its scale is an input chosen at run time "
+                       "(dmc run --guidance G, default 3.5), not a CFG batch; compile without --guidance")
     if folder is not None and folder.complete and recipe.guidance is None:
         recipe = dataclasses.replace(recipe, guidance=folder.kind.default_guidance)
     if image_size is not None:

@@ -21,9 +21,11 @@ import numpy as np
 
 from dmc.artifact import Manifest
 from dmc.errors import DmcError
+from dmc.runtimes.conditions import cond_inputs
 from dmc.runtimes.pipeline import Pipeline
 from dmc.runtimes.tokenize import Tokenizer
 
+DISTILLED_GUIDANCE = "guidance"  # the backbone input of a guidance-distilled model (Flux)
 PIXEL_CHANNELS = (1, 3)  # a backbone with these sample channels draws pixels; anything else draws latents
 
 
@@ -143,8 +145,14 @@ class TextToImage:
                   for s in range(0, len(z), batch_size)]
         return np.concatenate(chunks)
 
+    @property
+    def distilled_guidance(self) -> bool:
+        """A guidance-distilled backbone (Flux): ``guidance`` is its input, as FluxPipeline's guidance_scale,
+        and there is no CFG batch."""
+        return DISTILLED_GUIDANCE in {s["name"] for s in cond_inputs(self.backbone.cond)}
+
     def _sampler(self, guidance: float | None) -> Pipeline:
-        if guidance is None or guidance == self.backbone.recipe.guidance:
+        if guidance is None or guidance == self.backbone.recipe.guidance or self.distilled_guidance:
             return self.backbone
         if guidance < 0:
             raise DmcError(f"guidance must be >= 0, got {guidance}")
@@ -161,6 +169,10 @@ class TextToImage:
         negative = None if negative_prompt is None else _prompts(negative_prompt, len(prompts), "negative_prompt")
         t0 = time.perf_counter()
         cond, uncond = self.conditions(prompts, negative)
+        if guidance is not None and self.distilled_guidance:
+            if guidance < 0:
+                raise DmcError(f"guidance must be >= 0, got {guidance}")
+            cond[DISTILLED_GUIDANCE] = np.full(len(prompts), guidance, np.float32)
         t1 = time.perf_counter()
         latents = self._sampler(guidance).sample(len(prompts), seed, batch_size=batch_size, first=first,
                                                  progress=progress, on_call=on_call, conditions=cond,
