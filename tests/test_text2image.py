@@ -280,6 +280,32 @@ def test_sd3_matches_diffusers_pipeline(tmp_path_factory, run_cli):
     assert json.loads((root / "cli.dmc" / "manifest.json").read_text())["recipe"]["sampler"] == "flow-euler"
 
 
+def test_sd3_without_t5_feeds_zeros_as_diffusers_does(tmp_path_factory):
+    """SD3 is often deployed without its 4.7 B-parameter T5: a folder without text_encoder_3 weights still
+    compiles the whole pipeline, with zeros for T5's 256 tokens, as StableDiffusion3Pipeline does."""
+    from diffusers import StableDiffusion3Pipeline
+
+    from dmc.runtimes import load
+
+    root = tmp_path_factory.mktemp("t2i-sd3-no-t5")
+    folder = save_sd3_pipeline(root / "sd3")
+    for f in (folder / "text_encoder_3").glob("*.safetensors"):
+        f.unlink()
+    with pytest.warns(UserWarning, match="states are zeros"):
+        art = _compile(folder, root / "sd3.dmc", sampler="flow-euler")
+    manifest = json.loads((art / "manifest.json").read_text())
+    parts = manifest["parts"]
+    assert [e["graph"] for e in parts["text_encoders"]] == ["text_encoder", "text_encoder_2"]
+    assert parts["zero_outputs"] == {"text_encoder_3/last_hidden_state": [256, 32]}
+    assert "text_encoder_3" not in parts["holds"] and any("zeros" in w for w in manifest["warnings"])
+    pipe = load(art)
+    prompts = ["a red fox in the snow", "a cat"]
+    got = pipe(prompt=prompts, seed=1)
+    want = diffusers_images(StableDiffusion3Pipeline, folder, pipe, prompts, 1, None, guidance=7.0,
+                            text_encoder_3=None, tokenizer_3=None)
+    assert got.shape == want.shape == (2, 16, 16, 3) and psnr(got, want) >= 40
+
+
 def test_flux_matches_diffusers_pipeline(tmp_path_factory):
     """Flux: CLIP's pooled state + T5, guidance-distilled (the scale is an input, no CFG batch), packed latents,
     FluxPipeline's own sigma spacing under the dynamic shift."""

@@ -60,6 +60,9 @@ class EncoderSpec:
     outputs: tuple[str, ...]  # keys of TEXT_OUTPUTS
     mask: bool = False  # the encoder takes the tokenizer's attention_mask (T5 in PixArt)
     max_length: int | None = None  # the pipeline's own length (PixArt-α: 120), else the tokenizer's
+    # the pipeline runs without this encoder, feeding zeros [max_length, backbone config's <zeros_width>] for its
+    # outputs (SD3 without T5); None: a folder without it compiles the backbone only
+    zeros_width: str | None = None
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,8 @@ KINDS = {
         "StableDiffusion3Pipeline",
         (EncoderSpec("text_encoder", "tokenizer", ("penultimate_hidden_state", "text_embeds"), max_length=77),
          EncoderSpec("text_encoder_2", "tokenizer_2", ("penultimate_hidden_state", "text_embeds"), max_length=77),
-         EncoderSpec("text_encoder_3", "tokenizer_3", ("last_hidden_state",), max_length=256)),
+         EncoderSpec("text_encoder_3", "tokenizer_3", ("last_hidden_state",), max_length=256,
+                     zeros_width="joint_attention_dim")),
         {"encoder_hidden_states": Sequence(((("text_encoder", "penultimate_hidden_state"),
                                              ("text_encoder_2", "penultimate_hidden_state")),
                                             (("text_encoder_3", "last_hidden_state"),))),
@@ -159,6 +163,7 @@ class PipelineFolder:
     kind: PipelineKind
     index: dict
     missing: list[str] = field(default_factory=list)  # parts without (safetensors) weights: left out
+    absent: list[EncoderSpec] = field(default_factory=list)  # optional encoders the folder lacks: zeros instead
 
     @property
     def negative(self) -> str:
@@ -198,15 +203,18 @@ def open_pipeline_folder(source: str) -> PipelineFolder | None:
                       f"{', '.join(KINDS)}); compiling the backbone only", stacklevel=2)
         return None
     kind = KINDS[name]
-    missing = []
+    missing, absent = [], []
     for enc in kind.encoders:
+        if enc.zeros_width and not _has_weights(root / enc.part):
+            absent.append(enc)
+            continue
         if not _has_weights(root / enc.part):
             missing.append(enc.part)
         if not (root / enc.tokenizer).is_dir():
             missing.append(enc.tokenizer)
     if not _has_weights(root / "vae"):
         missing.append("vae")
-    return PipelineFolder(root, kind, index, missing)
+    return PipelineFolder(root, kind, index, missing, absent)
 
 
 def missing_warning(folder: PipelineFolder) -> str:
@@ -304,7 +312,7 @@ def build_parts(folder: PipelineFolder, image_size: tuple[int, int], opset: int)
     kind = folder.kind
     parts = Parts()
     encoders = []
-    for enc in kind.encoders:
+    for enc in [e for e in kind.encoders if e not in folder.absent]:
         model = _load_text_encoder(folder.root / enc.part, _encoder_class(folder, enc.part))
         tok, tok_json = _tokenizer_json(folder.root / enc.tokenizer)
         max_length = enc.max_length or int(min(tok.model_max_length, model.config.max_position_embeddings))
@@ -332,7 +340,10 @@ def build_parts(folder: PipelineFolder, image_size: tuple[int, int], opset: int)
     cfg = vae.config
     parts.section = {
         "pipeline": kind.name,
-        "holds": [p for enc in kind.encoders for p in (enc.tokenizer, enc.part)] + ["backbone", "vae_decoder"],
+        "holds": [p for enc in kind.encoders if enc not in folder.absent for p in (enc.tokenizer, enc.part)]
+                 + ["backbone", "vae_decoder"],
+        "zero_outputs": {f"{enc.part}/{out}": [enc.max_length, _backbone_config(folder)[enc.zeros_width]]
+                         for enc in folder.absent for out in enc.outputs},
         "image_size": [h, w],
         "static_shapes": True,
         "text_encoders": encoders,
@@ -350,6 +361,18 @@ def build_parts(folder: PipelineFolder, image_size: tuple[int, int], opset: int)
                    for name, g in parts.graphs.items()},
     }
     return parts
+
+
+def _backbone_config(folder: PipelineFolder) -> dict:
+    for part in ("transformer", "unet"):
+        if (folder.root / part / "config.json").is_file():
+            return _read_json(folder.root / part / "config.json")
+    raise DmcError(f"{folder.root}: no transformer/ or unet/ config")
+
+
+def absent_note(folder: PipelineFolder) -> str:
+    return (f"{folder.root}: no {', '.join(e.part for e in folder.absent)} weights; its states are zeros, as "
+            f"{folder.kind.name} does without it")
 
 
 def _computes(name: str) -> str:
@@ -458,6 +481,9 @@ def plan(source: str, recipe, image_size: tuple[int, int] | None, config_path: s
     if folder is not None and not folder.complete:
         notes.append(missing_warning(folder))
         warnings.warn(notes[-1], stacklevel=2)
+    if folder is not None and folder.complete and folder.absent:
+        notes.append(absent_note(folder))
+        warnings.warn(notes[-1], stacklevel=2)
     if folder is not None and folder.kind.distilled_guidance and (recipe.guidance or 1.0) > 1.0:
         raise DmcError(f"{folder.kind.name} is guidance-distilled: its scale is an input chosen at run time "
                        "(dmc run --guidance G, default 3.5), not a CFG batch; compile without --guidance")
@@ -502,10 +528,10 @@ class PromptConditions:
 
     @staticmethod
     def _encode(parts: Parts, prompts: list[str]) -> dict[str, np.ndarray]:
-        from dmc.runtimes.text2image import join_conditions
+        from dmc.runtimes.text2image import join_conditions, zero_outputs
 
         section = parts.section
-        outs = {}
+        outs = zero_outputs(section, len(prompts))
         for enc in section["text_encoders"]:
             outs.update({(enc["graph"], k): v for k, v in torch_encode(parts, enc, prompts).items()})
         return join_conditions(section["conditions"], outs)

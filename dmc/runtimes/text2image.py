@@ -74,6 +74,12 @@ def join_conditions(conditions: dict, outputs: dict) -> dict[str, np.ndarray]:
     return joined
 
 
+def zero_outputs(parts: dict, n: int) -> dict:
+    """Zeros standing in for the outputs of an encoder the pipeline runs without (SD3 without T5)."""
+    return {tuple(key.split("/", 1)): np.zeros((n, *shape), np.float32)
+            for key, shape in parts.get("zero_outputs", {}).items()}
+
+
 def open_parts(manifest: Manifest, backend: str, providers, threads):
     """An executor over the part graphs (text encoders, VAE decoder) on the same backend as the backbone."""
     from dmc.runtimes.executor import backend_class
@@ -126,7 +132,8 @@ class TextToImage:
                 values = [self.executor.to_numpy(v) for v in self.executor.run(enc["graph"], feeds)]
                 for name, value in zip(enc["outputs"] + ["attention_mask"], values + [mask.astype(np.float32)]):
                     outputs.setdefault((enc["graph"], name), []).append(value)
-        return join_conditions(self.parts["conditions"], {k: np.concatenate(v) for k, v in outputs.items()})
+        joined = {**zero_outputs(self.parts, len(prompts)), **{k: np.concatenate(v) for k, v in outputs.items()}}
+        return join_conditions(self.parts["conditions"], joined)
 
     def conditions(self, prompts: list[str], negative: list[str] | None) -> tuple[dict, dict | None]:
         """``(conditions, uncond_conditions)`` for the sampler loop; None leaves the negative half at zeros."""
