@@ -185,6 +185,9 @@ def compress(model, out, sampler, steps, guidance, seed, config_path, int8, cach
     v = manifest["verification"]
     click.echo(f"wrote {path} ({manifest['precision']}, {len(manifest['graphs'])} graph(s), "
                f"verified on {v['images']} images: PSNR {v['psnr_db']:.1f} dB vs torch)")
+    int8_parts = (manifest.get("parts") or {}).get("verification", {}).get("int8_psnr_db") or {}
+    if int8_parts:
+        click.echo("  INT8 parts on held-out inputs: " + ", ".join(f"{k} {v:.1f} dB" for k, v in int8_parts.items()))
 
 
 @cli.command()
