@@ -151,7 +151,7 @@ def _step_plan(sampler: str, sampler_given: bool, steps, calls):
                    "by default), each verified against torch on held-out inputs.")
 @click.option("--fidelity-floor", type=float, default=None,
               help="PSNR (dB) against torch below which the artifact is refused (default: 60 FP32, 25 with --int8); "
-                   "the floor used is recorded in the manifest.")
+                   "with --int8-parts also each INT8 part's floor (default 25). Recorded in the manifest.")
 def compress(model, out, sampler, steps, guidance, seed, config_path, int8, cache, opset, force,
              scheduler_config=None, scheduler_preset=None, **opts):
     """Compile MODEL into an artifact folder (graphs, sampler table, manifest)."""
@@ -172,6 +172,8 @@ def compress(model, out, sampler, steps, guidance, seed, config_path, int8, cach
                              fidelity_floor=opts["fidelity_floor"],
                              int8_parts=parse_groups(opts["int8_parts"]),
                              sampler_follows_schedule=not sampler_given and opts["step_plan"] is None)
+    if opts["fidelity_floor"] is not None and not math.isfinite(opts["fidelity_floor"]):
+        raise DmcError(f"--fidelity-floor must be a finite number of dB, got {opts['fidelity_floor']}")
     if opts.get("size"):
         options.image_size = tuple(opts["size"])
     if opts.get("calib_prompts"):

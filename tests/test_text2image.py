@@ -334,12 +334,31 @@ def test_flux_matches_diffusers_pipeline(tmp_path_factory):
     want_low = ref(prompts, num_inference_steps=STEPS, guidance_scale=1.5, height=16, width=16, output_type="np",
                    latents=FluxPipeline._pack_latents(noise, 2, c, h, w)).images
     assert psnr(low, np.round(want_low * 255).astype(np.uint8)) >= 40 and psnr(low, got) < 60
+    from dmc.runtimes.text2image import describe_parts
+
+    assert "guidance distilled input, default 3.5" in describe_parts(pipe.manifest)["text"]
     with pytest.raises(DmcError, match="guidance-distilled"):
         _compile(folder, root / "cfg.dmc", sampler="flow-euler", image_size=(16, 16), guidance=3.5)
     used = [c["timestep"] for c in manifest["sampler"]["calls"]]  # the tiny model barely tells schedules apart
     np.testing.assert_allclose(used, ref.scheduler.timesteps.numpy(), rtol=1e-5)
     assert got.shape == want.shape == (2, 16, 16, 3) and want.std() > 10
     assert psnr(got, want) >= 40
+
+
+def test_flux_schnell_takes_no_guidance(tmp_path_factory, run_cli):
+    """FLUX.1-schnell has no guidance input: no CFG batch either, so a guidance scale is refused, not turned
+    into CFG against zero embeddings."""
+    from dmc.runtimes import load
+
+    root = tmp_path_factory.mktemp("t2i-schnell")
+    folder = save_flux_pipeline(root / "schnell", guidance_embeds=False)
+    art = _compile(folder, root / "schnell.dmc", sampler="flow-euler", image_size=(16, 16))
+    pipe = load(art)
+    assert pipe(prompt="a cat", seed=0, negative_prompt="blurry").shape == (1, 16, 16, 3)
+    with pytest.raises(DmcError, match="takes no guidance scale"):
+        pipe(prompt="a cat", seed=0, guidance=3.5)
+    code, text, _ = run_cli("inspect", art)
+    assert code == 0 and "guidance none (FLUX.1-schnell)" in text
 
 
 def test_int8_text_encoder_and_vae_on_request(sd_folder, sd_artifact, tmp_path, run_cli):
@@ -368,7 +387,7 @@ def test_int8_text_encoder_and_vae_on_request(sd_folder, sd_artifact, tmp_path, 
     code, _, err = run_cli("compress", sd_folder, "--out", tmp_path / "x.dmc", "--int8-parts", "unet")
     assert code == 2 and "choose from text, vae" in err
     code, _, err = run_cli("compress", "demo", "--out", tmp_path / "d.dmc", "--int8-parts", "text")
-    assert code == 2 and "needs a whole diffusers pipeline folder" in err
+    assert code == 2 and "needs a whole diffusers pipeline folder" in err and "exporting" not in err
 
 
 def test_parts_take_the_external_data_path_of_big_encoders(tmp_path, monkeypatch):
@@ -391,6 +410,23 @@ def test_parts_take_the_external_data_path_of_big_encoders(tmp_path, monkeypatch
     info = json.loads((out / "manifest.json").read_text())["parts"]["graphs"]["text_encoder"]
     assert info["precision"] == "int8" and (out / info["file"]).stat().st_size < 3 << 19
     assert psnr(load(out)(prompt="a red fox", seed=0), load(fp)(prompt="a red fox", seed=0)) > 20
+
+
+def test_torchrun_eval_of_a_prompt_pipeline_without_features(sd_artifact, tmp_path):
+    """Two torchrun workers gather the same rows as one process, also with no Frechet features."""
+    from dmc.evaluate import evaluate
+
+    other = tmp_path / "other.dmc"
+    _compile(sd_artifact.parent / "sd", other, guidance=3.0)
+    args = [sd_artifact, "--reference", other, "--num-images", 6, "--batch-size", 2, "--threads", 1, "--json"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "dmc.evaluate.distributed", *map(str, args)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sharded = json.loads(proc.stdout)
+    single = evaluate(str(sd_artifact), str(other), n=6, batch_size=2, threads=1, distributed=False)
+    assert sharded["world_size"] == 2 and sharded["frechet"] is None
+    assert sharded["paired"] == single["paired"] and sharded["paired"]["psnr_mean"] < 60
 
 
 def test_verification_runs_under_held_out_prompts(sd_artifact, sd_folder, tmp_path, run_cli):

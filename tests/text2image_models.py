@@ -174,7 +174,7 @@ def save_sd3_pipeline(root: Path) -> Path:
     return root
 
 
-def save_flux_pipeline(root: Path) -> Path:
+def save_flux_pipeline(root: Path, guidance_embeds: bool = True) -> Path:
     """A tiny guidance-distilled FluxPipeline: CLIP (16 wide, pooled), T5 (12 wide), one double- and one
     single-stream block over packed 16-channel latents, dynamically shifted flow-matching Euler."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
@@ -182,7 +182,8 @@ def save_flux_pipeline(root: Path) -> Path:
     torch.manual_seed(11)
     transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1,
                                          attention_head_dim=8, num_attention_heads=2, joint_attention_dim=12,
-                                         pooled_projection_dim=16, guidance_embeds=True, axes_dims_rope=(2, 2, 4))
+                                         pooled_projection_dim=16, guidance_embeds=guidance_embeds,
+                                         axes_dims_rope=(2, 2, 4))
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
                                                 base_image_seq_len=256, max_image_seq_len=4096)
     tok, tok2 = clip_tokenizer(), t5_tokenizer()

@@ -124,6 +124,8 @@ def compile_model(source: str, out: str | Path, options: CompileOptions | None =
 
         folder, options.recipe, notes = pipeline_parts.plan(source, options.recipe, options.image_size,
                                                             options.config_path)
+        if options.int8_parts and folder is None:  # before any export or calibration
+            raise DmcError("--int8-parts needs a whole diffusers pipeline folder (text encoders and VAE to quantize)")
         _log(options, f"loading {source} and exporting ONNX")
         ctx = prepare(source, options)
         ctx.warnings.extend(notes)
@@ -174,8 +176,6 @@ def _quantize_parts(ctx: CompileContext, parts, options: CompileOptions) -> None
     from dmc.quantize.parts import quantize_parts
     from dmc.quantize.pass_ import FIDELITY_FLOOR_PSNR
 
-    if parts is None:
-        raise DmcError("--int8-parts needs a whole diffusers pipeline folder (text encoders and VAE to quantize)")
     cfg = next((p for p in options.passes if isinstance(p, QuantizeConfig)), None) or QuantizeConfig()
     floor = FIDELITY_FLOOR_PSNR if options.fidelity_floor is None else float(options.fidelity_floor)
     _log(options, f"INT8 on the pipeline parts ({', '.join(options.int8_parts)})")

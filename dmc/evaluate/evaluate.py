@@ -224,6 +224,8 @@ def _rows(artifact: Target, reference: Target, extractor, n: int, seed: int, bat
         out["metrics"].append(np.stack([pf["rmse"], pf["psnr"], pf["ssim"]], axis=1))
         out["labels"].append(np.full(count, -1, np.int64) if labels is None else labels.astype(np.int64))
         if extractor is None:  # no Frechet features (a text-to-image eval without --features)
+            out["feat"].append(np.zeros((count, 0)))  # every key present: torchrun gathers a fixed set
+            out["feat_ref"].append(np.zeros((count, 0)))
             out["pred"].append(np.full(count, -1, np.int64))
             out["pred_ref"].append(np.full(count, -1, np.int64))
             done += count

@@ -135,11 +135,13 @@ class TextToImage:
         joined = {**zero_outputs(self.parts, len(prompts)), **{k: np.concatenate(v) for k, v in outputs.items()}}
         return join_conditions(self.parts["conditions"], joined)
 
-    def conditions(self, prompts: list[str], negative: list[str] | None) -> tuple[dict, dict | None]:
-        """``(conditions, uncond_conditions)`` for the sampler loop; None leaves the negative half at zeros."""
+    def conditions(self, prompts: list[str], negative: list[str] | None,
+                   guided: bool = True) -> tuple[dict, dict | None]:
+        """``(conditions, uncond_conditions)`` for the sampler loop; None leaves the negative half at zeros
+        (and an unguided sampler has no negative half: nothing is encoded for it)."""
         cond = self.encode(prompts)
         cond.update({name: np.asarray(v, np.float32) for name, v in self.parts.get("size_conditions", {}).items()})
-        if negative is None and self.parts["negative"] == "zeros_if_none":
+        if not guided or (negative is None and self.parts["negative"] == "zeros_if_none"):
             return cond, None
         uncond = self.encode(negative if negative is not None else [""] * len(prompts))
         return cond, uncond
@@ -154,9 +156,17 @@ class TextToImage:
 
     @property
     def distilled_guidance(self) -> bool:
-        """A guidance-distilled backbone (Flux): ``guidance`` is its input, as FluxPipeline's guidance_scale,
-        and there is no CFG batch."""
-        return DISTILLED_GUIDANCE in {s["name"] for s in cond_inputs(self.backbone.cond)}
+        """A guidance-distilled pipeline (Flux): never a CFG batch; ``guidance`` is the backbone's input, as
+        FluxPipeline's guidance_scale (FLUX.1-schnell has no such input)."""
+        return bool(self.parts.get("distilled_guidance"))
+
+    def _distilled_input(self, guidance: float, n: int) -> dict:
+        if DISTILLED_GUIDANCE not in {s["name"] for s in cond_inputs(self.backbone.cond)}:
+            raise DmcError("this model takes no guidance scale (a guidance-distilled pipeline without a guidance "
+                           "input, e.g. FLUX.1-schnell): drop --guidance")
+        if guidance < 0:
+            raise DmcError(f"guidance must be >= 0, got {guidance}")
+        return {DISTILLED_GUIDANCE: np.full(n, guidance, np.float32)}
 
     def _sampler(self, guidance: float | None) -> Pipeline:
         if guidance is None or guidance == self.backbone.recipe.guidance or self.distilled_guidance:
@@ -175,13 +185,12 @@ class TextToImage:
         prompts = _prompts(prompt, n, "prompt")
         negative = None if negative_prompt is None else _prompts(negative_prompt, len(prompts), "negative_prompt")
         t0 = time.perf_counter()
-        cond, uncond = self.conditions(prompts, negative)
+        sampler = self._sampler(guidance)
+        cond, uncond = self.conditions(prompts, negative, guided=sampler.recipe.guided)
         if guidance is not None and self.distilled_guidance:
-            if guidance < 0:
-                raise DmcError(f"guidance must be >= 0, got {guidance}")
-            cond[DISTILLED_GUIDANCE] = np.full(len(prompts), guidance, np.float32)
+            cond.update(self._distilled_input(guidance, len(prompts)))
         t1 = time.perf_counter()
-        latents = self._sampler(guidance).sample(len(prompts), seed, batch_size=batch_size, first=first,
+        latents = sampler.sample(len(prompts), seed, batch_size=batch_size, first=first,
                                                  progress=progress, on_call=on_call, conditions=cond,
                                                  uncond_conditions=uncond)
         self.last_timings = {"text_encoding_s": t1 - t0, "denoising_s": time.perf_counter() - t1}
@@ -286,7 +295,12 @@ def describe_parts(manifest: Manifest) -> dict:
         return {"holds": ["backbone"], "text": text}
     h, w = parts["image_size"]
     graphs = ", ".join(f"{name} ({info.get('precision', 'fp32')})" for name, info in parts["graphs"].items())
+    guidance = manifest.recipe.guidance
+    if parts.get("distilled_guidance"):
+        scale = next((s.get("default") for s in cond_inputs(manifest.data["model"]["conditioning"])
+                      if s["name"] == DISTILLED_GUIDANCE), None)
+        guidance = "none (FLUX.1-schnell)" if scale is None else f"distilled input, default {scale}"
     text = (f"{parts['pipeline']}: prompt -> image, {h}x{w} px (static shapes, fixed at compile time); "
-            f"parts {graphs}; guidance {manifest.recipe.guidance}")
+            f"parts {graphs}; guidance {guidance}")
     return {"pipeline": parts["pipeline"], "holds": parts["holds"], "image_size": [h, w],
             "graphs": list(parts["graphs"]), "text": text}

@@ -9,6 +9,7 @@ Tests check every table against diffusers' ``scheduler.step`` loop.
 from __future__ import annotations
 
 import inspect
+import warnings
 
 from dmc.errors import DmcError
 from dmc.sampling import schedules
@@ -54,9 +55,12 @@ def build_scheduler(recipe: Recipe, training_schedule: dict | None, sample_shape
             raise DmcError(f"sampler {recipe.sampler!r} cannot follow a dynamically shifted schedule "
                            f"(choose from {', '.join(n for n in names(kind) if n != recipe.sampler)})")
         timestep_kwargs["mu"] = flow_mu(training_schedule, sample_shape)
-    if sigmas is not None and "sigmas" in inspect.signature(cls.set_timesteps).parameters \
-            and not kwargs.get("use_flow_sigmas"):  # flow-sigma solvers space their own (as FluxPipeline lets them)
-        timestep_kwargs["sigmas"] = list(sigmas)
+    if sigmas is not None and not kwargs.get("use_flow_sigmas"):  # flow-sigma solvers space their own
+        if "sigmas" in inspect.signature(cls.set_timesteps).parameters:
+            timestep_kwargs["sigmas"] = list(sigmas)
+        else:
+            warnings.warn(f"{solver.scheduler} takes no custom sigmas: sampler {recipe.sampler!r} uses its own "
+                          "spacing, not the model's pipeline's (diffusers' pipeline would refuse it)", stacklevel=2)
     try:
         sched = cls(**kwargs)
         sched.set_timesteps(recipe.steps, **timestep_kwargs)
