@@ -480,6 +480,10 @@ def test_eval_check_report_bench_on_prompt_pipelines(sd_artifact, sd_folder, tmp
                              "--max-fd-above-ci", "off")
     assert code == 1, out + err  # the regression fails the gate
     assert "FAILED" in out and "min_psnr" in out and "psnr_drop" in out
+    code, out, err = run_cli("check", int8, "--write-baseline", tmp_path / "mine.json", "--reference", sd_folder,
+                             "--n", "2", "--no-bench", "--prompts", mine)
+    assert code == 0, err
+    assert json.loads((tmp_path / "mine.json").read_text())["eval"]["prompts"]["source"] == "given"
 
     code, out, err = run_cli("report", int8, "--reference", sd_folder, "--out", tmp_path / "report", "--n", "3",
                              "--repeats", "1", "--json")

@@ -160,7 +160,8 @@ def bench_cmd(artifact, vs, n_images, repeats, warmup, threads, seed, memory, as
 
 def measure(artifact: str, baseline: dict | None, reference: str | None, n: int | None, seed: int | None,
             features: str | None, repeats: int | None, threads: int | None, do_eval: bool = True,
-            do_bench: bool = True, memory: bool = True, vs: str | None = None) -> dict:
+            do_bench: bool = True, memory: bool = True, vs: str | None = None,
+            prompts: list[str] | None = None) -> dict:
     """Run eval and bench on ``artifact`` as ``dmc check ARTIFACT`` does: a ``dmc-measurement`` document.
 
     Settings missing from the flags are taken from the baseline's own eval/bench (so N, seed and
@@ -186,7 +187,7 @@ def measure(artifact: str, baseline: dict | None, reference: str | None, n: int 
                                seed=seed if seed is not None else be.get("seed"),
                                features=features if features is not None else _features_spec(be),
                                batch_size=be.get("batch_size") or DEFAULT_BATCH, threads=threads,
-                               per_image=False, progress=True, distributed=False)
+                               per_image=False, progress=True, distributed=False, prompts=prompts)
     if do_bench:
         if vs is None:
             vs = (bb.get("artifact") or {}).get("target")
@@ -238,6 +239,9 @@ def _features_spec(eval_doc: dict) -> str | None:
 @click.option("--vs", "vs", default=None, metavar="BASELINE_ARTIFACT",
               help="ARTIFACT mode: bench interleaved with this artifact (e.g. the baseline rebuilt in the same "
                    "job); default: the baseline's artifact if it exists here.")
+@click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), default=None,
+              help="ARTIFACT mode, text-to-image: evaluation prompts, one per line (the baseline's own file, so "
+                   "both measure the same prompts; default: the built-in EVAL_PROMPTS).")
 @click.option("--no-eval", is_flag=True, help="ARTIFACT mode: skip the quality measurement.")
 @click.option("--no-bench", is_flag=True, help="ARTIFACT mode: skip the latency measurement.")
 @click.option("--no-memory", is_flag=True, help="ARTIFACT mode: skip the peak-memory subprocesses of bench.")
@@ -245,7 +249,7 @@ def _features_spec(eval_doc: dict) -> str | None:
 @click.pass_context
 def check_cmd(ctx, current, baselines, write_baseline, max_fd_increase, max_fd_above_ci, min_psnr, min_psnr_worst, min_ssim,
               max_accuracy_drop, max_psnr_drop, max_latency_ratio, latency_tolerance, config, junit, reference, n, seed,
-              features, repeats, threads, vs, no_eval, no_bench, no_memory, as_json):
+              features, repeats, threads, vs, prompts_file, no_eval, no_bench, no_memory, as_json):
     """Fail (exit 1) when CURRENT regresses against --baseline.
 
     CURRENT is one or more measurement JSON files (`dmc eval --json`, `dmc bench --json`, merged
@@ -268,7 +272,8 @@ def check_cmd(ctx, current, baselines, write_baseline, max_fd_increase, max_fd_a
     if len(current) == 1 and is_artifact_path(current[0]):
         _threads(threads)
         doc = measure(current[0], baseline, reference, n, seed, features, repeats, threads,
-                      do_eval=not no_eval, do_bench=not no_bench, memory=not no_memory, vs=vs)
+                      do_eval=not no_eval, do_bench=not no_bench, memory=not no_memory, vs=vs,
+                      prompts=_read_prompts(prompts_file))
         if write_baseline:
             path = Path(write_baseline)
             tmp = path.with_name(path.name + ".tmp")
