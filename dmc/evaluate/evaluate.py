@@ -239,7 +239,7 @@ def _rows(artifact: Target, reference: Target, extractor, n: int, seed: int, bat
         _log(progress, f"sampled {done}/{sum(c for _, c in plan)} image pairs")
     if not plan:
         return {}
-    return {k: np.concatenate(v) for k, v in out.items() if v}
+    return {k: np.concatenate(v) for k, v in out.items()}
 
 
 def _classifier_summary(extractor, labels, pred, pred_ref, num_classes: int | None) -> dict | None:

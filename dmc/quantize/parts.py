@@ -39,12 +39,11 @@ def psnr_db(got: np.ndarray, want: np.ndarray) -> float:
     return 100.0 if rmse == 0 else min(100.0, 20 * np.log10(span / rmse))
 
 
-def _text_batches(parts, enc: dict, prompts: list[str]) -> list[dict]:
+def _text_feeds(parts, enc: dict, prompts: list[str]) -> dict:
     from dmc.export.pipeline_parts import torch_tokenize
 
     ids, mask = torch_tokenize(parts, enc, prompts)
-    return [{"input_ids": ids[s:s + TEXT_BATCH], **({"attention_mask": mask[s:s + TEXT_BATCH]} if enc["mask"] else {})}
-            for s in range(0, len(ids), TEXT_BATCH)]
+    return {"input_ids": ids, **({"attention_mask": mask} if enc["mask"] else {})}
 
 
 def _torch_outputs(module, feeds: dict) -> list[np.ndarray]:
@@ -57,10 +56,10 @@ def _torch_outputs(module, feeds: dict) -> list[np.ndarray]:
 
 def _text_data(ctx, parts, name: str) -> tuple[list[dict], PartCheck, str]:
     enc = next(e for e in parts.section["text_encoders"] if e["graph"] == name)
-    calib = _text_batches(parts, enc, list(ctx.prompt_conditions.prompts) + [""])
-    held = _text_batches(parts, enc, list(ctx.verify_conditions.prompts) + [""])
-    feeds = {k: np.concatenate([b[k] for b in held]) for k in held[0]}
-    return calib, PartCheck(feeds, _torch_outputs(parts.modules[name], feeds)), "input_ids"
+    calib = _text_feeds(parts, enc, list(ctx.prompt_conditions.prompts) + [""])
+    batches = [{k: v[s:s + TEXT_BATCH] for k, v in calib.items()} for s in range(0, len(calib["input_ids"]), TEXT_BATCH)]
+    feeds = _text_feeds(parts, enc, list(ctx.verify_conditions.prompts) + [""])
+    return batches, PartCheck(feeds, _torch_outputs(parts.modules[name], feeds)), "input_ids"
 
 
 def _vae_data(ctx, parts, name: str) -> tuple[list[dict], PartCheck, str]:

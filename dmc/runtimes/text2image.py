@@ -164,15 +164,11 @@ class TextToImage:
         if DISTILLED_GUIDANCE not in {s["name"] for s in cond_inputs(self.backbone.cond)}:
             raise DmcError("this model takes no guidance scale (a guidance-distilled pipeline without a guidance "
                            "input, e.g. FLUX.1-schnell): drop --guidance")
-        if guidance < 0:
-            raise DmcError(f"guidance must be >= 0, got {guidance}")
         return {DISTILLED_GUIDANCE: np.full(n, guidance, np.float32)}
 
     def _sampler(self, guidance: float | None) -> Pipeline:
         if guidance is None or guidance == self.backbone.recipe.guidance or self.distilled_guidance:
             return self.backbone
-        if guidance < 0:
-            raise DmcError(f"guidance must be >= 0, got {guidance}")
         pipe = copy.copy(self.backbone)  # same graphs and tables, another guidance scale
         pipe.recipe = dataclasses.replace(self.backbone.recipe, guidance=float(guidance))
         return pipe
@@ -184,15 +180,16 @@ class TextToImage:
         (image ``first + i`` gets the initial noise of that index: evaluation samples in batches)."""
         prompts = _prompts(prompt, n, "prompt")
         negative = None if negative_prompt is None else _prompts(negative_prompt, len(prompts), "negative_prompt")
+        if guidance is not None and guidance < 0:
+            raise DmcError(f"guidance must be >= 0, got {guidance}")
         t0 = time.perf_counter()
         sampler = self._sampler(guidance)
         cond, uncond = self.conditions(prompts, negative, guided=sampler.recipe.guided)
         if guidance is not None and self.distilled_guidance:
             cond.update(self._distilled_input(guidance, len(prompts)))
         t1 = time.perf_counter()
-        latents = sampler.sample(len(prompts), seed, batch_size=batch_size, first=first,
-                                                 progress=progress, on_call=on_call, conditions=cond,
-                                                 uncond_conditions=uncond)
+        latents = sampler.sample(len(prompts), seed, batch_size=batch_size, first=first, progress=progress,
+                                 on_call=on_call, conditions=cond, uncond_conditions=uncond)
         self.last_timings = {"text_encoding_s": t1 - t0, "denoising_s": time.perf_counter() - t1}
         return latents
 
