@@ -111,6 +111,9 @@ def _step_plan(sampler: str, sampler_given: bool, steps, calls):
 @click.option("--profile", type=click.Choice(["ort-cpu", "trt", "ov-cpu"]), default="ort-cpu", show_default=True,
               help="Q/DQ rules of the target: ort-cpu (ONNX Runtime), trt (TensorRT: symmetric int8) or "
                    "ov-cpu (OpenVINO: symmetric int8, private Q/DQ; run with --backend openvino).")
+@click.option("--int8-attention/--no-int8-attention", default=None,
+              help="Quantize attention's activation matmuls too (default: the profile's choice, on for "
+                   "ov-cpu, where OpenVINO runs a fused INT8 attention; off for ort-cpu).")
 @click.option("--cache", is_flag=True, help="Feature caching (DeepCache for UNets, block caching for DiTs).")
 @click.option("--cache-schedule", type=click.Choice(CACHE_SCHEDULES), default=None,
               help="Refresh schedule: uniform, CacheQuant's dp, BAC, or HarmoniCa's learned router. "

@@ -2,6 +2,7 @@
 
     python scripts/train_demo.py --model demo --minutes 18 --threads 1
     python scripts/train_demo.py --model demo-dit --minutes 20 --threads 1
+    python scripts/train_demo.py --model mid --minutes 30 --threads 2 --batch 8 --out mid.safetensors
 
 Writes ``dmc/models/weights/<file>`` (EMA weights, config and schedule in the
 safetensors metadata) and a sample grid next to it for a look. Never run by CI.
@@ -17,15 +18,15 @@ import time
 import numpy as np
 import torch
 
-from dmc.data.digits import load_digits_split
-from dmc.models.builtin import DEMO_MODELS, NULL_CLASS, SCHEDULER_CONFIG, demo_path
+from dmc.data.digits import load_digits_rgb, load_digits_split
+from dmc.models.builtin import NULL_CLASS, SCHEDULER_CONFIG, TRAINABLE_MODELS, demo_path
 from dmc.models.checkpoint import save_model
 
 
 def build(name: str):
     import diffusers
 
-    spec = DEMO_MODELS[name]
+    spec = TRAINABLE_MODELS[name]
     return getattr(diffusers, spec["class"])(**spec["config"])
 
 
@@ -35,29 +36,37 @@ def forward(model, x, t, y):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", choices=sorted(DEMO_MODELS), required=True)
+    ap.add_argument("--model", choices=sorted(TRAINABLE_MODELS), required=True)
     ap.add_argument("--minutes", type=float, default=15.0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--resume", action="store_true", help="start from the shipped weights (model and EMA)")
+    ap.add_argument("--log-every", type=int, default=100, help="steps between log lines and checkpoints")
+    ap.add_argument("--resume", action="store_true", help="start from the weights at --out (or the shipped ones)")
     ap.add_argument("--out", default=None, help="where to write (default: the shipped weights file)")
     args = ap.parse_args()
 
     from diffusers import DDPMScheduler
 
+    spec = TRAINABLE_MODELS[args.model]
+    if args.out is None and spec["file"] is None:
+        ap.error(f"--model {args.model} is not shipped: give --out")
     out = args.out or demo_path(args.model)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    images, labels = load_digits_split("train")
+    data = spec.get("data", {})
+    if data.get("rgb"):
+        images, labels = load_digits_rgb("train", data["size"])
+    else:
+        images, labels = load_digits_split("train")
     images, labels = torch.from_numpy(images), torch.from_numpy(labels)
     sched = DDPMScheduler(**SCHEDULER_CONFIG)
     model = build(args.model).train()
     if args.resume:
         from safetensors.torch import load_file
 
-        model.load_state_dict(load_file(str(demo_path(args.model))))
+        model.load_state_dict(load_file(str(out)))
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     budget = args.minutes * 60
@@ -71,7 +80,7 @@ def main() -> None:
             g["lr"] = args.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
         idx = torch.randint(0, len(images), (args.batch,))
         x0, y = images[idx], labels[idx].clone()
-        if args.model == "demo":  # the DiT's label embedding drops labels itself
+        if spec["class"] == "UNet2DModel":  # the DiT's label embedding drops labels itself
             y[torch.rand(args.batch) < 0.1] = NULL_CLASS
         noise = torch.randn_like(x0)
         t = torch.randint(0, sched.config.num_train_timesteps, (args.batch,))
@@ -86,7 +95,7 @@ def main() -> None:
                 pe.lerp_(pm, 1 - decay)
         losses.append(loss.item())
         step += 1
-        if step % 100 == 0:
+        if step % args.log_every == 0:
             print(f"step {step} {elapsed:.0f}s loss {np.mean(losses[-100:]):.4f}", flush=True)
             save_model(ema, out, SCHEDULER_CONFIG)
     save_model(ema, out, SCHEDULER_CONFIG)

@@ -107,3 +107,80 @@ def test_openvino_runs_ov_int8_artifact_like_onnxruntime(ov_int8_artifact, run_c
     assert psnr > 40, psnr
     code, out, err = run_cli("run", ov_int8_artifact, "--backend", "openvino", "--n", 2, "--out", tmp_path / "g.png")
     assert code == 0 and (tmp_path / "g.png").stat().st_size > 0, err
+
+
+def _attention_model():
+    """One attention head: q, k, v projections, softmax(q k^T / 4) v, output projection, residual."""
+    rng = np.random.default_rng(5)
+    w = {f"{p}.weight": numpy_helper.from_array(rng.standard_normal((16, 16)).astype(np.float32) * 0.3, f"{p}.weight")
+         for p in ("to_q", "to_k", "to_v", "to_out")}
+    nodes = [helper.make_node("MatMul", ["sample", f"{p}.weight"], [p], name=p) for p in ("to_q", "to_k", "to_v")]
+    nodes += [helper.make_node("Transpose", ["to_k"], ["kt"], perm=[0, 2, 1], name="kt"),
+              helper.make_node("MatMul", ["to_q", "kt"], ["scores"], name="scores"),
+              helper.make_node("Mul", ["scores", "scale"], ["scaled"], name="scale"),
+              helper.make_node("Softmax", ["scaled"], ["probs"], axis=-1, name="softmax"),
+              helper.make_node("MatMul", ["probs", "to_v"], ["mixed"], name="mix"),
+              helper.make_node("MatMul", ["mixed", "to_out.weight"], ["out"], name="to_out"),
+              helper.make_node("Add", ["out", "sample"], ["y"], name="residual")]
+    inits = [*w.values(), numpy_helper.from_array(np.array(0.25, np.float32), "scale")]
+    graph = helper.make_graph(nodes, "attn", [helper.make_tensor_value_info("sample", TensorProto.FLOAT, ["n", 12, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 12, 16])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def _quantize_attention(profile: str, **kw):
+    cfg = QuantizeConfig(op_types=("MatMul",), keep_float=(), profile=profile, **kw)
+    prof = get_profile(profile)
+    prep = qdq.prepare_graph(_attention_model(), cfg, prof)
+    rng = np.random.default_rng(2)
+    batches = [{"sample": rng.standard_normal((4, 12, 16)).astype(np.float32)}]
+    params = qdq.activation_params(qdq.record_stats(prep, batches, 0), cfg, prof)
+    qm = qdq.build_qdq(prep, params, prof, cfg.op_types)
+    if prof.private_dq:
+        qdq.privatize_dq(qm, set(prep.layers))
+    return qm, prep, params, prof, batches
+
+
+def _dequantized_inputs(model, node_name):
+    producers = {o: n for n in model.graph.node for o in n.output}
+    node = next(n for n in model.graph.node if n.name == node_name)
+    return [i in producers and producers[i].op_type == "DequantizeLinear" for i in node.input]
+
+
+def test_attention_matmuls_follow_the_profile_and_stay_accurate():
+    qm, prep, params, prof, batches = _quantize_attention("ov-cpu")  # ov-cpu quantizes attention by default
+    assert sorted(la for la in prep.layers.values() if ".matmul" in la) == ["matmul.matmul0", "matmul.matmul1"]
+    assert _dequantized_inputs(qm, "scores") == [True, True] and _dequantized_inputs(qm, "mix") == [True, True]
+    assert check_profile(qm, "ov-cpu") == [] and qdq.verify_scales(qm, prep, params, prof) == []
+    assert not any(n.op_type == "QuantizeLinear" and n.input[0] == "scaled" for n in qm.graph.node)  # softmax float
+    fp, q = _run_ort(_attention_model(), batches[0]), _run_ort(qm, batches[0])
+    assert np.sqrt(np.mean((q - fp) ** 2)) / np.sqrt(np.mean(fp ** 2)) < 0.05
+    # ONNX Runtime: attention stays float unless asked (P V's inputs are the softmax and v, never quantized)
+    ort_default, ort_prep, *_ = _quantize_attention("ort-cpu")
+    assert not any(".matmul" in la for la in ort_prep.layers.values())
+    assert _dequantized_inputs(ort_default, "mix") == [False, True]  # v: the to_v layer's quantized output
+    asked, asked_prep, *_ = _quantize_attention("ort-cpu", attention_matmuls=True)
+    assert sum(".matmul" in la for la in asked_prep.layers.values()) == 2
+    assert _dequantized_inputs(asked, "mix") == [True, True] and check_profile(asked, "ort-cpu") == []
+
+
+def test_profile_checker_flags_a_half_quantized_attention_matmul():
+    qm, *_ = _quantize_attention("ov-cpu")
+    mix = next(n for n in qm.graph.node if n.name == "mix")
+    mix.input[0] = "probs"  # the softmax output read in float, P V's other input still dequantized
+    problems = check_profile(qm, "ov-cpu")
+    assert any("one quantized input" in p for p in problems), problems
+
+
+@needs_openvino
+def test_openvino_reproduces_int8_attention_per_call():
+    from dmc.runtimes.openvino_executor import _ov
+
+    ov = _ov()
+    qm, *_, batches = _quantize_attention("ov-cpu")
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(qm.SerializeToString(), b""), "CPU",
+                                  {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1})
+    got, want = compiled(batches[0])[0], _run_ort(qm, batches[0])
+    err = np.mean((want - got) ** 2)
+    assert err == 0 or 10 * np.log10(np.mean(want ** 2) / err) > 40, err  # measured: identical

@@ -21,7 +21,7 @@ def plan_passes(int8: bool = False, cache: bool = False, seed: int = 0, prune: f
                 calibration: str = "ndtc", calib_samples: int = 256, calib_budget: float | None = None,
                 scale_groups: int = 1, profile: str = "ort-cpu", step_plan: str | None = None,
                 calls: int | None = None, search_candidates: int | None = None,
-                ems_in_search: bool | None = None) -> list:
+                ems_in_search: bool | None = None, int8_attention: bool | None = None) -> list:
     """Pass configs for the high-level options (``None``: the config's own default)."""
     passes = []
     if step_plan is not None:
@@ -48,7 +48,8 @@ def plan_passes(int8: bool = False, cache: bool = False, seed: int = 0, prune: f
 
         passes.append(QuantizeConfig(calibration=calibration, num_samples=calib_samples,
                                      scale_groups=scale_groups, profile=profile, seed=seed,
-                                     calibration_budget_s=calib_budget or None))
+                                     calibration_budget_s=calib_budget or None,
+                                     attention_matmuls=int8_attention))
     return complete_plan(passes)
 
 

@@ -51,3 +51,18 @@ def upsample(images: np.ndarray, size: int) -> np.ndarray:
     xlo, xhi, fx = axis(w)
     rows = images[:, ylo] * (1 - fy)[None, :, None] + images[:, yhi] * fy[None, :, None]
     return rows[:, :, xlo] * (1 - fx) + rows[:, :, xhi] * fx
+
+
+# One foreground colour per class (RGB in [0, 1]): the mid-size model's data carry class in colour too.
+CLASS_COLOURS = np.array([
+    [1.0, 0.3, 0.3], [0.3, 1.0, 0.3], [0.3, 0.4, 1.0], [1.0, 0.9, 0.2], [0.9, 0.3, 1.0],
+    [0.2, 0.9, 1.0], [1.0, 0.6, 0.2], [0.6, 1.0, 0.7], [0.7, 0.6, 1.0], [1.0, 1.0, 1.0],
+], dtype=np.float32)
+
+
+def load_digits_rgb(split: str, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """The same halves as RGB ``[N, 3, size, size]`` in [-1, 1]: each digit drawn in its class's colour."""
+    images, labels = load_digits_split(split, size)
+    ink = (images + 1.0) / 2.0  # [N, 1, s, s] in 0..1
+    rgb = ink * CLASS_COLOURS[labels][:, :, None, None]
+    return (rgb * 2.0 - 1.0).astype(np.float32), labels

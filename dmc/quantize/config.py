@@ -34,8 +34,12 @@ class QuantizeConfig:
     profile: "ort-cpu" (u8 activations, s8 weights with reduce_range, Q/DQ on layer outputs so ORT fuses
         QLinearConv), "trt" (int8 symmetric everywhere, zero point 0, Q/DQ on inputs only) or "ov-cpu"
         (the trt rules with private Q/DQ, which OpenVINO reproduces; run with ``--backend openvino``).
-    op_types: layer types to quantize; MatMul only where B is a constant weight (the attention matmuls
-        and softmax always stay float).
+    op_types: layer types to quantize; MatMul only where B is a constant weight unless
+        ``attention_matmuls`` (softmax always stays float).
+    attention_matmuls: also quantize the MatMuls of two activations (attention's Q K^T and P V), each
+        input with its own per-tensor range (per scale group, so per step range where ``scale_groups``
+        splits the calls); softmax stays float between them. None: the profile's choice (on for
+        ov-cpu, where OpenVINO fuses the INT8 attention; off for ort-cpu, where it is slower).
     keep_float: float islands: "first" (layer fed by the sample), "last" (layer producing the output),
         "time_embedding" (time/class/adaLN conditioning MLPs), or fnmatch patterns on layer names.
     weight_only_islands: which float islands (by rule: "first", "last", "time_embedding", "patterns")
@@ -70,6 +74,7 @@ class QuantizeConfig:
     scale_groups: int = 1
     profile: str = "ort-cpu"
     op_types: tuple = ("Conv", "Gemm", "MatMul")
+    attention_matmuls: bool | None = None
     keep_float: tuple = ("first", "last", "time_embedding")
     weight_only_islands: tuple = ("time_embedding",)
     split_concat: bool = True

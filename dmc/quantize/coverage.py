@@ -83,7 +83,8 @@ def coverage(model: onnx.ModelProto | str | Path, level: str = "extended") -> di
 
 def requested(model: onnx.ModelProto) -> dict[str, int]:
     """Per category, how many layers of a Q/DQ graph have a dequantized constant weight *and* a
-    dequantized activation input, i.e. were meant to run in INT8 (weight-only float islands are not)."""
+    dequantized activation input, or are MatMuls of two dequantized activations, i.e. were meant to
+    run in INT8 (weight-only float islands are not)."""
     inits = {i.name for i in model.graph.initializer}
     producers = {o: n for n in model.graph.node for o in n.output}
     cat_of = {"Conv": "conv", "ConvTranspose": "conv", "MatMul": "matmul", "Gemm": "gemm"}
@@ -92,7 +93,8 @@ def requested(model: onnx.ModelProto) -> dict[str, int]:
         if node.op_type in cat_of and len(node.input) > 1:
             p = producers.get(node.input[1])
             a = producers.get(node.input[0])
-            if (p is not None and p.op_type == "DequantizeLinear" and p.input[0] in inits
+            activation_matmul = node.op_type == "MatMul" and node.input[1] not in inits
+            if (p is not None and p.op_type == "DequantizeLinear" and (p.input[0] in inits or activation_matmul)
                     and a is not None and a.op_type == "DequantizeLinear"):
                 out[cat_of[node.op_type]] += 1
     return out

@@ -46,6 +46,11 @@ class Profile:
     min_opset: int = 13
     private_dq: bool = False  # activation DQ outputs feed quantized layers only (float consumers read float)
     backend: str = "onnxruntime"  # the runtime whose INT8 kernels the profile targets
+    # Quantize attention's activation MatMuls by default. OpenVINO runs the INT8 MHA as one fused
+    # kernel (41 -> 40 ms of a mid-size UNet call, the float one 83 ms); ONNX Runtime on AVX2 without
+    # VNNI gains nothing on QLinearMatMul and its QLinearSoftmax costs 8x the float softmax
+    # (BENCHMARKS.md #17), so ort-cpu keeps attention float.
+    attention_int8: bool = False
 
     @property
     def weight_qmax(self) -> int:
@@ -55,7 +60,8 @@ class Profile:
 PROFILES = {
     "ort-cpu": Profile("ort-cpu", "uint8", False, True, True, True),
     "trt": Profile("trt", "int8", True, False, False, False, backend="tensorrt"),
-    "ov-cpu": Profile("ov-cpu", "int8", True, False, False, False, private_dq=True, backend="openvino"),
+    "ov-cpu": Profile("ov-cpu", "int8", True, False, False, False, private_dq=True, backend="openvino",
+                      attention_int8=True),
 }
 
 
@@ -168,11 +174,17 @@ def check_profile(model: onnx.ModelProto, profile: str | Profile) -> list[str]:
             if not outs or any(c.op_type != "DequantizeLinear" for c in outs):
                 problems.append(f"{node.name}: QuantizeLinear must feed DequantizeLinear only (Q/DQ pairs)")
     # Which tensors are quantized: only the inputs of quantized layers (and, where the profile wants
-    # it, their outputs); never softmax, norms or the attention matmuls.
-    def is_layer(n) -> bool:  # a weight layer whose weight is dequantized from a constant
+    # it, their outputs); never softmax or norms.
+    def dequantized(t: str) -> bool:
+        return t in producers and producers[t].op_type == "DequantizeLinear"
+
+    def is_layer(n) -> bool:  # a weight layer whose weight is dequantized from a constant, or an
+        # activation MatMul whose two inputs are both dequantized
+        if n.op_type == "MatMul" and len(n.input) == 2 and not any(i in inits for i in n.input) \
+                and all(dequantized(i) and producers[i].input[0] not in inits for i in n.input):
+            return True
         return n.op_type in WEIGHT_OPS and any(
-            i in producers and producers[i].op_type == "DequantizeLinear" and producers[i].input[0] in inits
-            for i in n.input[1:2])
+            dequantized(i) and producers[i].input[0] in inits for i in n.input[1:2])
     for node in graph.node:
         if node.op_type != "QuantizeLinear" or node.input[0] in inits:
             continue
@@ -198,10 +210,10 @@ def check_profile(model: onnx.ModelProto, profile: str | Profile) -> list[str]:
             if shared:
                 problems.append(f"{node.name}: dequantized activation also feeds {shared[0].op_type} "
                                 f"{shared[0].name!r} ({prof.name} wants private Q/DQ: float consumers read float)")
-    for node in graph.node:
-        if node.op_type == "MatMul" and not is_layer(node):
-            if all(i in producers and producers[i].op_type == "DequantizeLinear" for i in node.input):
-                problems.append(f"{node.name}: attention MatMul (no constant weight) is quantized; it must stay float")
+    for node in graph.node:  # an activation MatMul has both inputs quantized or neither
+        if node.op_type == "MatMul" and not any(i in inits for i in node.input) and not is_layer(node):
+            if any(dequantized(i) and producers[i].input[0] not in inits for i in node.input):
+                problems.append(f"{node.name}: activation MatMul with one quantized input; quantize both or neither")
     if n_qdq == 0:
         problems.append("no QuantizeLinear/DequantizeLinear nodes: the graph is not quantized")
     return problems

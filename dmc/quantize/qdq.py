@@ -93,6 +93,38 @@ def layer_name(node: onnx.NodeProto, initializer_names: set) -> str:
     return w or node.name
 
 
+def is_activation_matmul(node: onnx.NodeProto, initializer_names: set) -> bool:
+    """A MatMul of two activations: attention's scores (Q K^T) and its weighted sum (P V)."""
+    return (node.op_type == "MatMul" and len(node.input) == 2
+            and not any(i in initializer_names for i in node.input))
+
+
+def _scope(node: onnx.NodeProto) -> str | None:
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            try:
+                scopes = ast.literal_eval(prop.value)
+            except (ValueError, SyntaxError):
+                return None
+            return next((s for s in reversed(scopes[:-1]) if s), None)
+    return None
+
+
+def activation_matmul_names(model: onnx.ModelProto, initializer_names: set) -> dict[str, str]:
+    """Node name -> layer name of every activation MatMul: its torch module and its rank there
+    (``...attentions.0.attn1.matmul0`` = the scores, ``matmul1`` = P V), the same in every graph
+    variant, so ranges and coverage line up across variants."""
+    seen: dict[str, int] = {}
+    out = {}
+    for n in model.graph.node:
+        if is_activation_matmul(n, initializer_names):
+            scope = _scope(n) or "matmul"
+            k = seen.get(scope, 0)
+            seen[scope] = k + 1
+            out[n.name] = f"{scope}.matmul{k}"
+    return out
+
+
 def _topo_first_last(model: onnx.ModelProto, candidates: dict[str, onnx.NodeProto]) -> tuple[set, set]:
     graph = model.graph
     consumers: dict[str, list] = {}
@@ -186,6 +218,9 @@ def prepare_graph(model: onnx.ModelProto, cfg, profile: Profile, release=None) -
             continue
         candidates[n.name] = n
     names = {nm: layer_name(n, inits) for nm, n in candidates.items()}
+    attention = profile.attention_int8 if cfg.attention_matmuls is None else cfg.attention_matmuls
+    if attention and "MatMul" in cfg.op_types:
+        names.update(activation_matmul_names(model, inits))
     rules = island_rules(model, candidates)
     islands: dict[str, str] = {}
     for nm, layer in names.items():
@@ -306,6 +341,7 @@ def build_qdq(prepared: PreparedGraph, params: dict[str, QParams], profile: Prof
     from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
 
     zp_type = np.uint8 if profile.activation_dtype == "uint8" else np.int8
+    inits = {i.name for i in prepared.model.graph.initializer}
     overrides = {t: [{"scale": np.array(p.scale, dtype=np.float32), "zero_point": np.array(p.zero_point, dtype=zp_type)}]
                  for t, p in params.items()}
     ranges = TensorsData(CalibrationMethod.MinMax, {
@@ -315,7 +351,9 @@ def build_qdq(prepared: PreparedGraph, params: dict[str, QParams], profile: Prof
         "TensorQuantOverrides": overrides,
         "ActivationSymmetric": profile.symmetric_activations,
         "WeightSymmetric": True,
-        "MatMulConstBOnly": True,
+        # An activation MatMul is quantized only when dmc chose it (nodes_to_quantize says which).
+        "MatMulConstBOnly": not any(is_activation_matmul(n, inits) for n in prepared.model.graph.node
+                                    if n.name in prepared.layers),
         "QuantizeBias": profile.quantize_bias,
         # Weight scales must not depend on activation scales, so scale-group variants share int8 weights.
         "QDQDisableWeightAdjustForInt32Bias": True,
@@ -455,8 +493,11 @@ def verify_scales(qmodel: onnx.ModelProto, prepared: PreparedGraph, params: dict
         elif acts[t] != (float(np.float32(p.scale)), int(p.zero_point)):
             problems.append(f"{t}: ORT wrote {acts[t]}, dmc computed {(p.scale, p.zero_point)}")
     nodes = {n.name: n for n in prepared.model.graph.node}
+    inits = {i.name for i in prepared.model.graph.initializer}
     for nm in prepared.layers:
         node = nodes[nm]
+        if is_activation_matmul(node, inits):
+            continue  # no weight: both inputs are activations, checked above
         w = node.input[1]
         q = next((k for k in weights if k in (f"{w}_quantized", w)), None)
         if q is None:
