@@ -93,7 +93,10 @@ def mid_model(folder: Path) -> str:
     return str(folder)
 
 
-def build(source: str, work: Path, specs: dict, force: bool, verify_images: int = 4) -> dict:
+def build(source: str, work: Path, specs: dict, force: bool, verify_images: int = 4,
+          scheduler_preset: str | None = "ddpm-linear") -> dict:
+    """Compile each spec once under ``work``; ``scheduler_preset`` is the random mid model's training
+    schedule (the demos and dmc-saved safetensors carry their own)."""
     from dmc.compress.pipeline import CompileOptions, compile_model
     from dmc.sampling import Recipe
 
@@ -108,7 +111,8 @@ def build(source: str, work: Path, specs: dict, force: bool, verify_images: int 
         t = time.time()
         try:
             compile_model(source, out, CompileOptions(recipe=Recipe(**RECIPE_KW), passes=passes,
-                                                       verify_images=verify_images, scheduler_preset=None if source in ("demo", "demo-dit") else "ddpm-linear"))
+                                                       verify_images=verify_images,
+                                                       scheduler_preset=None if source in ("demo", "demo-dit") else scheduler_preset))
         except Exception as e:  # report and keep going: one broken variant must not hide the others
             print(f"  {name}: FAILED {type(e).__name__}: {str(e).splitlines()[0]}", flush=True)
             continue

@@ -94,23 +94,46 @@ def _variants(args, threads: int) -> dict:
         v["dmc --int8 --profile ov-cpu (OpenVINO)"] = load(args.int8_ov, backend="openvino", threads=threads)
     if args.int8_cache:
         v["dmc --int8 --cache (ORT)"] = load(args.int8_cache, threads=threads)
+    if args.int8_cache_ov:
+        v["dmc --int8 --cache --profile ov-cpu (OpenVINO)"] = load(args.int8_cache_ov, backend="openvino",
+                                                                   threads=threads)
     return v
 
 
-def build_mid(work: str) -> dict[str, str]:
-    """bench_cache.py's mid-size UNet as the FP32, --int8, --int8 --profile ov-cpu and --int8 --cache
-    artifacts (compiled once under ``work``): argument name -> artifact path."""
+def build_mid(work: str, weights: str | None = None) -> dict[str, str]:
+    """The mid-size UNet as the FP32, --int8 (ORT), --int8 --profile ov-cpu, --int8 --cache (ORT) and
+    --int8 --cache --profile ov-cpu artifacts (compiled once under ``work``): argument name -> path.
+
+    ``weights``: a trained mid-size model (``scripts/train_demo.py --model mid``); its artifacts are
+    compiled exactly as ``dmc compress`` does (same passes and defaults) and must pass their fidelity
+    floor. Without it, bench_cache.py's random-weight model with the floor off (latency only)."""
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).parent))
     import bench_cache
-    from dmc.quantize import QuantizeConfig
+    from dmc.compress.plan import plan_passes
 
-    specs = bench_cache.variants(mid=True)
-    specs["int8 ov-cpu"] = [QuantizeConfig(profile="ov-cpu", num_samples=4, batch_size=4), bench_cache.LatencyOnly()]
-    wanted = {"fp32": "fp32", "int8": "int8", "int8_ov": "int8 ov-cpu", "int8_cache": "cache DP + int8, joint + DEC"}
-    source = bench_cache.mid_model(Path(work) / "mid_unet")
-    paths = bench_cache.build(source, Path(work), {v: specs[v] for v in wanted.values()}, force=False, verify_images=1)
+    wanted = {"fp32": "fp32", "int8": "int8", "int8_ov": "int8 ov-cpu", "int8_cache": "int8 cache",
+              "int8_cache_ov": "int8 cache ov-cpu"}
+    if weights:
+        budget = {"calib_budget": 45.0}  # the CLI's default
+        specs = {"fp32": [], "int8": plan_passes(int8=True, **budget),
+                 "int8 ov-cpu": plan_passes(int8=True, profile="ov-cpu", **budget),
+                 "int8 cache": plan_passes(int8=True, cache=True, **budget),
+                 "int8 cache ov-cpu": plan_passes(int8=True, cache=True, profile="ov-cpu", **budget)}
+        source, preset = str(weights), None
+    else:
+        from dmc.quantize import QuantizeConfig
+
+        specs = bench_cache.variants(mid=True)
+        specs["int8 ov-cpu"] = [QuantizeConfig(profile="ov-cpu", num_samples=4, batch_size=4), bench_cache.LatencyOnly()]
+        specs["int8 cache"] = specs["cache DP + int8, joint + DEC"]
+        cache, _, correct, latency_only = specs["int8 cache"]
+        specs["int8 cache ov-cpu"] = [cache, QuantizeConfig(profile="ov-cpu", num_samples=4, batch_size=4),
+                                      correct, latency_only]
+        source, preset = bench_cache.mid_model(Path(work) / "mid_unet"), "ddpm-linear"
+    paths = bench_cache.build(source, Path(work), {v: specs[v] for v in wanted.values()}, force=False,
+                              verify_images=1 if not weights else 4, scheduler_preset=preset)
     missing = [v for v in wanted.values() if v not in paths]
     if missing:
         raise SystemExit(f"peers: could not build {missing}")
@@ -156,6 +179,8 @@ def main(argv=None) -> int:
     p.add_argument("--int8")
     p.add_argument("--int8-ov")
     p.add_argument("--int8-cache")
+    p.add_argument("--int8-cache-ov")
+    p.add_argument("--mid-weights", help="with --build-mid: a trained mid-size model (scripts/train_demo.py --model mid)")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
@@ -163,7 +188,7 @@ def main(argv=None) -> int:
     p.add_argument("--child-threads", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.build_mid:  # compiles in the parent; each child finds the artifacts built
-        for arg, path in build_mid(args.build_mid).items():
+        for arg, path in build_mid(args.build_mid, args.mid_weights).items():
             setattr(args, arg, path)
     if not args.fp32:
         p.error("--fp32 (or --build-mid) is required")
