@@ -208,8 +208,9 @@ def compress(model, out, sampler, steps, guidance, seed, config_path, int8, cach
 @click.option("--out", "-o", type=click.Path(), default="samples.png", show_default=True)
 @click.option("--provider", multiple=True, help="ONNX Runtime provider(s): cuda, tensorrt, cpu or a full name.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads (default: all cores).")
-@click.option("--backend", type=click.Choice(list(_BACKENDS)), default="onnxruntime", show_default=True,
-              help="Runtime that executes the graphs (see dmc.runtimes.executor.BACKENDS).")
+@click.option("--backend", type=click.Choice(list(_BACKENDS)), default=None,
+              help="Runtime that executes the graphs (dmc.runtimes.executor.BACKENDS). Default: the one the "
+                   "artifact was compiled for where installed (--profile ov-cpu: openvino), else onnxruntime.")
 def run(artifact, n, seed, class_label, out, provider, threads, backend, prompts=(), negative_prompt=None,
         guidance=None, latents_path=None):
     """Sample N images from ARTIFACT (no torch) and write them as a PNG grid.
@@ -229,6 +230,8 @@ def run(artifact, n, seed, class_label, out, provider, threads, backend, prompts
         from dmc.runtimes.ort_providers import provider_list
 
         providers = provider_list(list(provider), artifact, read_manifest(artifact, verify=False).data.get("precision") == "int8")
+    if provider and backend is None:  # --provider names ONNX Runtime providers
+        backend = "onnxruntime"
     pipe = load(artifact, backend=backend, providers=providers, threads=threads)
     chunk = getattr(pipe.executor, "images_per_call", None)  # TensorRT engines are tuned for this many images
     from dmc.runtimes.text2image import sample_for_cli

@@ -37,6 +37,7 @@ def describe(artifact: str | Path, schedule_png: str | None = None) -> dict:
         "total_bytes": sum(p.stat().st_size for p in root.rglob("*") if p.is_file()),
         "precision": d["precision"],
         "target": d["target"],
+        "backend": d.get("backend", "onnxruntime"),
         "passes": [p.get("name") for p in d.get("passes", [])],
         "verification": d.get("verification"),
         "provenance": d["provenance"],
@@ -71,7 +72,8 @@ def format_text(info: dict) -> str:
         f"recipe     {r['sampler']}, {r['steps']} steps, guidance {r['guidance']}, seed {r['seed']}",
         f"calls      {info['calls']}  timesteps {_short([round(t) for t in info['timesteps']])}",
         *([info["steps"]] if info.get("steps") else []),
-        f"precision  {info['precision']}  target {info['target']}  passes {info['passes'] or '-'}",
+        f"precision  {info['precision']}  target {info['target']}  backend {info['backend']}  "
+        f"passes {info['passes'] or '-'}",
         "graphs",
     ]
     for name, g in info["graphs"].items():

@@ -100,12 +100,15 @@ def ov_int8_artifact(tmp_path_factory):
 def test_openvino_runs_ov_int8_artifact_like_onnxruntime(ov_int8_artifact, run_cli, tmp_path):
     from dmc.runtimes import load
 
-    ref = load(ov_int8_artifact, threads=1).sample(4, seed=0)
-    got = load(ov_int8_artifact, backend="openvino", threads=1).sample(4, seed=0)
+    ref = load(ov_int8_artifact, backend="onnxruntime", threads=1).sample(4, seed=0)
+    pipe = load(ov_int8_artifact, threads=1)  # unnamed: the backend the artifact was compiled for
+    assert pipe.manifest.data["backend"] == "openvino" and pipe.executor.name == "openvino"
+    assert pipe.manifest.data["verification"]["backend"] == "openvino"  # verified where it will run
+    got = pipe.sample(4, seed=0)
     psnr = 10 * np.log10(4.0 / np.mean((ref - got) ** 2))  # samples in [-1, 1]: peak-to-peak 2
     # Floor 40 dB; measured 49.9 dB (8 images, DDIM 20). The ort-cpu graphs give 17.9 dB here.
     assert psnr > 40, psnr
-    code, out, err = run_cli("run", ov_int8_artifact, "--backend", "openvino", "--n", 2, "--out", tmp_path / "g.png")
+    code, out, err = run_cli("run", ov_int8_artifact, "--n", 2, "--out", tmp_path / "g.png")
     assert code == 0 and (tmp_path / "g.png").stat().st_size > 0, err
 
 
@@ -184,3 +187,22 @@ def test_openvino_reproduces_int8_attention_per_call():
     got, want = compiled(batches[0])[0], _run_ort(qm, batches[0])
     err = np.mean((want - got) ** 2)
     assert err == 0 or 10 * np.log10(np.mean(want ** 2) / err) > 40, err  # measured: identical
+
+
+def test_unnamed_backend_is_onnxruntime_unless_the_artifact_was_compiled_for_an_installed_one(monkeypatch):
+    import importlib.util
+    from types import SimpleNamespace
+
+    from dmc.runtimes.executor import default_backend
+
+    def manifest(**data):
+        return SimpleNamespace(data=data)
+
+    assert default_backend(manifest()) == "onnxruntime"  # FP32 and older artifacts
+    assert default_backend(manifest(backend="onnxruntime")) == "onnxruntime"
+    assert default_backend(manifest(backend="tensorrt")) == "onnxruntime"  # engines are built first, never implicit
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a))
+    assert default_backend(manifest(backend="openvino")) == "onnxruntime"  # not installed: ONNX Runtime runs it
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "openvino" else real(name, *a))
+    assert default_backend(manifest(backend="openvino")) == "openvino"

@@ -33,6 +33,22 @@ def test_cli_seed_reaches_the_quantize_config(tmp_path, monkeypatch, run_cli):
     assert [type(c).__name__ for c in seen["passes"]][-1] == "CorrectConfig"
 
 
+@pytest.mark.parametrize("flags, want", [((), None), (("--int8-attention",), True), (("--no-int8-attention",), False)])
+def test_cli_int8_attention_reaches_the_quantize_config(tmp_path, monkeypatch, run_cli, flags, want):
+    from dmc.compress import pipeline
+
+    seen = {}
+
+    def capture(source, out, options):
+        seen["passes"] = options.passes
+        raise SystemExit(0)
+
+    monkeypatch.setattr(pipeline, "compile_model", capture)
+    run_cli("compress", "demo", "--out", tmp_path / "x.dmc", "--int8", "--profile", "ov-cpu", *flags)
+    quant = [c for c in seen["passes"] if type(c).__name__ == "QuantizeConfig"]
+    assert quant[0].profile == "ov-cpu" and quant[0].attention_matmuls is want  # None: the profile decides
+
+
 def test_with_seed_follows_the_recipe():
     from dmc.compress.plan import with_seed
     from dmc.quantize import QuantizeConfig

@@ -37,6 +37,7 @@ class CompileContext:
     passes: list[dict] = field(default_factory=list)  # what each pass did, for the manifest
     precision: str = "fp32"
     target: str = "ort-cpu"
+    backend: str = "onnxruntime"  # the runtime the graphs are written for (the INT8 profile's)
     fidelity_floor_psnr: float = 60.0  # verify refuses an artifact whose samples fall below this
     extra_files: dict[str, bytes] = field(default_factory=dict)  # path in artifact -> bytes
     tables: dict[str, np.ndarray] = field(default_factory=dict)  # per-call constants, written to tables.npz

@@ -232,6 +232,7 @@ def build_manifest(ctx: CompileContext, seconds: float) -> dict:
         "tables": "tables.npz" if ctx.tables else None,
         "precision": ctx.precision,
         "target": ctx.target,
+        "backend": ctx.backend,
         "passes": ctx.passes,
         "warnings": list(ctx.warnings),
         "provenance": {
@@ -271,7 +272,7 @@ def verify(ctx: CompileContext, root: Path, manifest: dict, n: int, progress: bo
     (root / MANIFEST).write_text(json.dumps({"format": "dmc-artifact", "format_version": 1, **manifest,
                                              "files": {}}))
     manifest_obj = read_manifest(root, verify=False)
-    from dmc.runtimes.onnxruntime_executor import OnnxRuntimeExecutor
+    from dmc.runtimes.executor import cpu_providers, default_backend, open_executor
     from dmc.runtimes.pipeline import Pipeline
 
     from dmc.compress.device import images_per_batch, release_torch
@@ -289,19 +290,21 @@ def verify(ctx: CompileContext, root: Path, manifest: dict, n: int, progress: bo
     del reference
     if not keep_torch:
         release_torch(ctx)
+    backend = default_backend(manifest_obj)  # what `dmc run` and load() will use: verify that
     if progress:
-        print("[dmc] verification: the artifact in ONNX Runtime", file=sys.stderr, flush=True)
-    runtime = Pipeline.from_manifest(manifest_obj, OnnxRuntimeExecutor(manifest_obj, providers=["CPUExecutionProvider"]))
+        print(f"[dmc] verification: the artifact in {backend}", file=sys.stderr, flush=True)
+    runtime = Pipeline.from_manifest(manifest_obj, open_executor(backend, manifest_obj, providers=cpu_providers(backend)))
     if ctx.verify_conditions is not None:  # text-to-image: both sides sample under the same held-out prompts
         runtime = ctx.verify_conditions.wrap(runtime)
     early = compare_first_group(ctx, runtime, first, progress)  # raises, with the figure, when far off
     got = runtime.sample(n, seed=ctx.recipe.seed, progress=progress, batch_size=batch)
-    for side, images in (("artifact (ONNX Runtime)", got), ("torch reference", want)):
+    for side, images in ((f"artifact ({backend})", got), ("torch reference", want)):
         if not np.isfinite(images).all():
             raise DmcError(f"verification failed: the {side} samples contain non-finite values (NaN or inf); "
                            "nothing was written")
     rmse, psnr = paired_psnr(got, want)
-    result = {"images": n, "rmse": rmse, "psnr_db": min(psnr, 100.0), "floor_psnr_db": ctx.fidelity_floor_psnr,
+    result = {"images": n, "backend": backend, "rmse": rmse, "psnr_db": min(psnr, 100.0),
+              "floor_psnr_db": ctx.fidelity_floor_psnr,
               "first_calls": {k: v for k, v in early.items() if k != "seconds_per_image_call"}}
     if ctx.verify_conditions is not None:
         result["prompts"] = ctx.verify_conditions.to_json()

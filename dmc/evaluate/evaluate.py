@@ -86,13 +86,17 @@ def is_artifact(spec: str | Path) -> bool:
 
 
 def open_artifact(path: str | Path, threads: int | None = None, prompts: list[str] | None = None) -> Target:
-    """An artifact on ONNX Runtime; a text-to-image one draws for ``prompts`` (default ``EVAL_PROMPTS``)."""
+    """An artifact on its own backend (``default_backend``) on the CPU; a text-to-image one draws for ``prompts`` (default ``EVAL_PROMPTS``)."""
     from dmc.runtimes import load
     from dmc.runtimes.text2image import TextToImage
 
     if not is_artifact(path):
         raise DmcError(f"{path}: not a dmc artifact (no manifest.json); build one with `dmc compress`")
-    pipe = load(path, providers=["CPUExecutionProvider"], threads=threads)
+    from dmc.artifact import read_manifest
+    from dmc.runtimes.executor import cpu_providers, default_backend
+
+    backend = default_backend(read_manifest(path, verify=False))
+    pipe = load(path, backend=backend, providers=cpu_providers(backend), threads=threads)
     m = pipe.manifest
     info = {"kind": "artifact", "path": str(path), "precision": m.data.get("precision"),
             "graphs": sorted(m.graphs), "recipe": m.recipe.to_json(), "model_source": m.model.get("source")}

@@ -159,6 +159,7 @@ def quantize(ctx, cfg: QuantizeConfig) -> None:
                             "its Q/DQ graphs mostly in float (INT8 kernels there need the ort-cpu profile)")
     ctx.precision = "int8"
     ctx.target = profile.name
+    ctx.backend = profile.backend
     ctx.fidelity_floor_psnr = min(ctx.fidelity_floor_psnr, FIDELITY_FLOOR_PSNR)
     ctx.passes.append({
         "name": "quantize",

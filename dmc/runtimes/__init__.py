@@ -10,19 +10,23 @@ from __future__ import annotations
 from pathlib import Path
 
 from dmc.artifact import read_manifest
-from dmc.runtimes.executor import BACKENDS, Executor, open_executor
+from dmc.runtimes.executor import BACKENDS, Executor, default_backend, open_executor
 from dmc.runtimes.pipeline import Pipeline
 
 
-def load(path: str | Path, backend: str = "onnxruntime", providers: list[str] | None = None,
+def load(path: str | Path, backend: str | None = None, providers: list[str] | None = None,
          threads: int | None = None) -> Pipeline:
     """Verify the artifact at ``path`` (format version and every checksum) and open its graphs
-    with ``backend`` (a name in ``BACKENDS``). An artifact compiled from a text-to-image pipeline
-    folder gives a ``TextToImage`` (``pipe(prompt=..., n=, seed=, guidance=)``)."""
-    from dmc.runtimes.executor import backend_class
+    with ``backend`` (a name in ``BACKENDS``; None: the backend the artifact was compiled for where
+    installed, else onnxruntime). An artifact compiled from a text-to-image pipeline folder gives a
+    ``TextToImage`` (``pipe(prompt=..., n=, seed=, guidance=)``)."""
+    from dmc.runtimes.executor import backend_class, default_backend
 
-    cls = backend_class(backend)  # an unknown name fails before the checksums are read
+    if backend is not None:
+        backend_class(backend)  # an unknown name fails before the checksums are read
     manifest = read_manifest(path, verify=True)
+    backend = backend or default_backend(manifest)
+    cls = backend_class(backend)
     pipe = Pipeline.from_manifest(manifest, cls(manifest, providers=providers, threads=threads))
     from dmc.runtimes.text2image import has_prompt_pipeline, open_text_to_image
 
@@ -31,4 +35,4 @@ def load(path: str | Path, backend: str = "onnxruntime", providers: list[str] | 
     return pipe
 
 
-__all__ = ["load", "Pipeline", "Executor", "BACKENDS", "open_executor"]
+__all__ = ["load", "Pipeline", "Executor", "BACKENDS", "open_executor", "default_backend"]

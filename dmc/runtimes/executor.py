@@ -15,6 +15,7 @@ Every backend class is built as ``Class(manifest, providers=None, threads=None)`
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -26,6 +27,26 @@ BACKENDS: dict[str, str] = {
     "openvino": "dmc.runtimes.openvino_executor:OpenVinoExecutor",
     "tensorrt": "dmc.runtimes.tensorrt_executor:TensorRtExecutor",
 }
+
+
+# Backends chosen without being asked when the artifact was compiled for them (the manifest's
+# "backend", from its INT8 profile) and their package is installed: the ov-cpu profile's Q/DQ graphs
+# are written for OpenVINO's kernels (ONNX Runtime runs them mostly in float). TensorRT is never
+# chosen implicitly: its engines are built on the target first (``dmc build-engine``).
+IMPLICIT_BACKENDS = ("openvino",)  # backend name = its Python package
+
+
+def default_backend(manifest) -> str:
+    """The backend ``load`` uses when none is named: the artifact's own where installed, else onnxruntime."""
+    wanted = manifest.data.get("backend")
+    if wanted in IMPLICIT_BACKENDS and importlib.util.find_spec(wanted) is not None:
+        return wanted
+    return "onnxruntime"
+
+
+def cpu_providers(backend: str) -> list[str] | None:
+    """The providers argument that pins ``backend`` to the host CPU (None: its default device)."""
+    return ["CPUExecutionProvider"] if backend == "onnxruntime" else None
 
 
 @runtime_checkable
