@@ -206,3 +206,26 @@ def test_unnamed_backend_is_onnxruntime_unless_the_artifact_was_compiled_for_an_
     assert default_backend(manifest(backend="openvino")) == "onnxruntime"  # not installed: ONNX Runtime runs it
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "openvino" else real(name, *a))
     assert default_backend(manifest(backend="openvino")) == "openvino"
+
+
+@pytest.mark.slow
+@needs_openvino
+def test_int8_cache_ov_profile_compiles_verifies_on_openvino_and_follows_the_schedule(tmp_path):
+    # The cache correction probes a split conv's partial output: ORT's Conv+Add fusion used to drop it
+    # ("Failed to find node output ... conv2d_5.split0") for graphs without output Q/DQ.
+    from dmc.cache import CacheConfig
+    from dmc.compress.pipeline import CompileOptions, compile_model
+    from dmc.compress.plan import complete_plan
+    from dmc.runtimes import load
+    from dmc.sampling import Recipe
+
+    out = compile_model("demo", tmp_path / "fast-ov.dmc", CompileOptions(
+        recipe=Recipe(steps=10, guidance=2.0), verify_images=1,
+        passes=complete_plan([CacheConfig(schedule="uniform", interval=3),
+                              QuantizeConfig(profile="ov-cpu", num_samples=16)])))
+    pipe = load(out, threads=1)
+    m = pipe.manifest
+    assert pipe.executor.name == "openvino" and m.data["verification"]["backend"] == "openvino"
+    assert m.data["verification"]["psnr_db"] >= m.data["verification"]["floor_psnr_db"]
+    assert {c.graph for c in m.calls} == set(m.graphs) and len(m.graphs) == 2  # full and shallow both run
+    assert np.isfinite(pipe.sample(1, seed=0)).all()

@@ -175,10 +175,17 @@ def _conv_output_tensor(model, weight: str) -> tuple[str, str] | None:
     return None
 
 
-def _run_with_outputs(model, feeds_list: list[dict], tensors: list[str]) -> list[list[np.ndarray]]:
+def _run_with_outputs(model, feeds_list: list[dict], tensors: list[str],
+                      backend: str = "onnxruntime") -> list[list[np.ndarray]]:
+    """Run ``model`` on ONNX Runtime returning ``tensors``. A graph written for another backend (ov-cpu,
+    trt) runs with ORT's basic optimisations only: its fusions are not the target's anyway, and its
+    Conv + Add fusion drops a split conv's partial output even when asked for it as a graph output."""
+    import onnxruntime as ort
+
     from dmc.export.probe import session_with_outputs
 
-    session = session_with_outputs(model, tensors)
+    level = None if backend == "onnxruntime" else ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    session = session_with_outputs(model, tensors, optimization_level=level)
     names = {i.name for i in session.get_inputs()}
     return [session.run(tensors, {k: v for k, v in f.items() if k in names}) for f in feeds_list]
 
@@ -274,7 +281,7 @@ def run_correct(ctx, cfg: CorrectConfig) -> None:
     for g in shallow:
         ks = [k for k in sorted(feeds_at) if graphs_of[k] == g]
         tensors = [where[g][layer][0] for layer in wanted]
-        outs = _run_with_outputs(ctx.graphs[g].onnx, [f for k in ks for f in feeds_at[k]], tensors)
+        outs = _run_with_outputs(ctx.graphs[g].onnx, [f for k in ks for f in feeds_at[k]], tensors, ctx.backend)
         i = 0
         for k in ks:
             for b in range(len(feeds_at[k])):
