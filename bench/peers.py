@@ -3,11 +3,14 @@
     python bench/peers.py --fp32 demo.dmc --int8 demo-int8.dmc --int8-ov demo-int8-ov.dmc \
         [--int8-cache fast.dmc] [--threads 1 2] [--repeats 5] [--n-quality 8]
     python bench/peers.py --build-mid out/peers-mid [--threads 2]   # the mid-size UNet, built here
+    python bench/peers.py --build-mid out/peers-mid --mid-weights mid.safetensors   # trained (#17)
 
-``--build-mid WORK`` compiles (once) bench_cache.py's mid-size UNet (27.8 M parameters, random
-weights, class-conditional, DDIM 20, guidance 2) as the four dmc artifacts under WORK and compares
-those. Its INT8 artifacts are compiled with the fidelity floor off (random weights make samples
-chaotic, so the PSNR column measures that chaos, not INT8 quality; the demo rows measure quality).
+``--build-mid WORK`` compiles (once) the mid-size UNet (27.8 M parameters, class-conditional, DDIM 20,
+guidance 2) as five dmc artifacts under WORK (FP32; ``--int8`` and ``--int8 --cache`` for ONNX Runtime
+and with ``--profile ov-cpu`` for OpenVINO) and compares those. With ``--mid-weights`` (a model trained by
+``scripts/train_demo.py --model mid``) they are compiled as ``dmc compress`` compiles them and must pass
+their fidelity floor; without it bench_cache.py's random-weight model is used with the floor off (random
+weights make samples chaotic, so the PSNR column measures that chaos, not INT8 quality).
 
 Variants (every one drives the same call table and initial noise; only the executor differs):
 torch eager FP32, ONNX Runtime FP32, OpenVINO FP32, OpenVINO INT8 quantized by NNCF's default
