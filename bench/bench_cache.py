@@ -24,14 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dmc.compress.passes import register_pass
+from dmc.models.builtin import TRAINABLE_MODELS
 
 RECIPE_KW = {"sampler": "ddim", "steps": 20, "guidance": 2.0, "seed": 0}
-MID_CONFIG = {
-    "sample_size": 64, "in_channels": 3, "out_channels": 3, "block_out_channels": [128, 256, 384],
-    "layers_per_block": 1, "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D"],
-    "up_block_types": ["UpBlock2D", "AttnUpBlock2D", "UpBlock2D"], "attention_head_dim": 32,
-    "norm_num_groups": 32, "num_class_embeds": 11,
-}
+MID_CONFIG = TRAINABLE_MODELS["mid"]["config"]  # the same architecture, random weights here
 
 
 def variants(mid: bool) -> dict:

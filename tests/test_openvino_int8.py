@@ -32,11 +32,16 @@ def _residual_model(bias: bool = True):
 
 
 def _quantize(profile: str, bias: bool = True):
-    cfg = QuantizeConfig(op_types=("Conv",), keep_float=(), profile=profile)
+    return _quantize_graph(_residual_model(bias), profile, ("Conv",), (4, 3, 8, 8), seed=1)
+
+
+def _quantize_graph(model, profile: str, op_types: tuple, sample_shape: tuple, seed: int, **cfg_kw):
+    """``model`` through dmc's Q/DQ steps (no islands), calibrated on one random batch."""
+    cfg = QuantizeConfig(op_types=op_types, keep_float=(), profile=profile, **cfg_kw)
     prof = get_profile(profile)
-    prep = qdq.prepare_graph(_residual_model(bias), cfg, prof)
-    rng = np.random.default_rng(1)
-    batches = [{"sample": rng.standard_normal((4, 3, 8, 8)).astype(np.float32)}]
+    prep = qdq.prepare_graph(model, cfg, prof)
+    rng = np.random.default_rng(seed)
+    batches = [{"sample": rng.standard_normal(sample_shape).astype(np.float32)}]
     params = qdq.activation_params(qdq.record_stats(prep, batches, 0), cfg, prof)
     qm = qdq.build_qdq(prep, params, prof, cfg.op_types)
     if prof.private_dq:
@@ -132,16 +137,7 @@ def _attention_model():
 
 
 def _quantize_attention(profile: str, **kw):
-    cfg = QuantizeConfig(op_types=("MatMul",), keep_float=(), profile=profile, **kw)
-    prof = get_profile(profile)
-    prep = qdq.prepare_graph(_attention_model(), cfg, prof)
-    rng = np.random.default_rng(2)
-    batches = [{"sample": rng.standard_normal((4, 12, 16)).astype(np.float32)}]
-    params = qdq.activation_params(qdq.record_stats(prep, batches, 0), cfg, prof)
-    qm = qdq.build_qdq(prep, params, prof, cfg.op_types)
-    if prof.private_dq:
-        qdq.privatize_dq(qm, set(prep.layers))
-    return qm, prep, params, prof, batches
+    return _quantize_graph(_attention_model(), profile, ("MatMul",), (4, 12, 16), seed=2, **kw)
 
 
 def _dequantized_inputs(model, node_name):

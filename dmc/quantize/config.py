@@ -118,6 +118,10 @@ class QuantizeConfig:
         if self.uniform_calls < 1 or self.batch_size < 1:
             raise DmcError("uniform_calls and batch_size must be at least 1")
 
+    def quantizes_attention(self, profile) -> bool:
+        """``attention_matmuls``, or the profile's choice when it is None."""
+        return profile.attention_int8 if self.attention_matmuls is None else self.attention_matmuls
+
     def to_json(self) -> dict:
         d = asdict(self)
         d["op_types"] = list(self.op_types)

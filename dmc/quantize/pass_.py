@@ -164,8 +164,7 @@ def quantize(ctx, cfg: QuantizeConfig) -> None:
     ctx.passes.append({
         "name": "quantize",
         "method": "PTQ4DM W8A8 (NDTC / Q-Diffusion calibration, shortcut splitting); Q/DQ by onnxruntime.quantization",
-        "config": {**cfg.to_json(), "attention_matmuls": profile.attention_int8 if cfg.attention_matmuls is None
-                   else cfg.attention_matmuls},
+        "config": {**cfg.to_json(), "attention_matmuls": cfg.quantizes_attention(profile)},
         "calibration": cset.summary(n_calls),
         "scale_groups": [[b.start, b.stop - 1] for b in groups],
         "graphs": report,

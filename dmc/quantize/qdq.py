@@ -82,32 +82,27 @@ def layer_name(node: onnx.NodeProto, initializer_names: set) -> str:
     suffix = f"{tag}{idx}" if tag else ""
     if base.endswith(".weight"):
         return base[: -len(".weight")] + suffix
+    scopes = _name_scopes(node)
+    if len(scopes) >= 2 and scopes[-2]:
+        return scopes[-2] + suffix
+    return w or node.name
+
+
+def _name_scopes(node: onnx.NodeProto) -> list[str]:
+    """The torch module path the exporter recorded for ``node`` (empty when absent or unreadable)."""
     for prop in node.metadata_props:
         if prop.key == "pkg.torch.onnx.name_scopes":
             try:
-                scopes = ast.literal_eval(prop.value)
+                return list(ast.literal_eval(prop.value))
             except (ValueError, SyntaxError):
-                break
-            if len(scopes) >= 2 and scopes[-2]:
-                return scopes[-2] + suffix
-    return w or node.name
+                return []
+    return []
 
 
 def is_activation_matmul(node: onnx.NodeProto, initializer_names: set) -> bool:
     """A MatMul of two activations: attention's scores (Q K^T) and its weighted sum (P V)."""
     return (node.op_type == "MatMul" and len(node.input) == 2
             and not any(i in initializer_names for i in node.input))
-
-
-def _scope(node: onnx.NodeProto) -> str | None:
-    for prop in node.metadata_props:
-        if prop.key == "pkg.torch.onnx.name_scopes":
-            try:
-                scopes = ast.literal_eval(prop.value)
-            except (ValueError, SyntaxError):
-                return None
-            return next((s for s in reversed(scopes[:-1]) if s), None)
-    return None
 
 
 def activation_matmul_names(model: onnx.ModelProto, initializer_names: set) -> dict[str, str]:
@@ -118,7 +113,7 @@ def activation_matmul_names(model: onnx.ModelProto, initializer_names: set) -> d
     out = {}
     for n in model.graph.node:
         if is_activation_matmul(n, initializer_names):
-            scope = _scope(n) or "matmul"
+            scope = next((sc for sc in reversed(_name_scopes(n)[:-1]) if sc), "matmul")
             k = seen.get(scope, 0)
             seen[scope] = k + 1
             out[n.name] = f"{scope}.matmul{k}"
@@ -218,8 +213,7 @@ def prepare_graph(model: onnx.ModelProto, cfg, profile: Profile, release=None) -
             continue
         candidates[n.name] = n
     names = {nm: layer_name(n, inits) for nm, n in candidates.items()}
-    attention = profile.attention_int8 if cfg.attention_matmuls is None else cfg.attention_matmuls
-    if attention and "MatMul" in cfg.op_types:
+    if cfg.quantizes_attention(profile) and "MatMul" in cfg.op_types:
         names.update(activation_matmul_names(model, inits))
     rules = island_rules(model, candidates)
     islands: dict[str, str] = {}

@@ -20,7 +20,7 @@ def load(path: str | Path, backend: str | None = None, providers: list[str] | No
     with ``backend`` (a name in ``BACKENDS``; None: the backend the artifact was compiled for where
     installed, else onnxruntime). An artifact compiled from a text-to-image pipeline folder gives a
     ``TextToImage`` (``pipe(prompt=..., n=, seed=, guidance=)``)."""
-    from dmc.runtimes.executor import backend_class, default_backend
+    from dmc.runtimes.executor import backend_class
 
     if backend is not None:
         backend_class(backend)  # an unknown name fails before the checksums are read
