@@ -133,7 +133,10 @@ def _step_plan(sampler: str, sampler_given: bool, steps, calls):
               help="reuse the last computed feature (default) or forecast it (TaylorSeer extrapolation).")
 @click.option("--forecast-order", type=click.IntRange(1, 2), default=None, help="Forecast order (default 1).")
 @click.option("--prune", type=float, default=None, metavar="RATIO",
-              help="Structural pruning: remove this fraction of parameters (EcoDiff learned masks).")
+              help="Structural pruning: remove this fraction of parameters, or of MACs with --prune-target macs "
+                   "(EcoDiff learned masks).")
+@click.option("--prune-target", type=click.Choice(["params", "macs"]), default=None,
+              help="What RATIO counts: parameters (default) or MACs per model call (pruning for speed).")
 @click.option("--prune-align", type=int, default=8, show_default=True, help="Pruned widths are multiples of this.")
 @click.option("--prune-method", type=click.Choice(["learned", "magnitude", "magnitude-layer"]),
               default="learned", show_default=True,

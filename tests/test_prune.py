@@ -91,6 +91,53 @@ def test_binarize_aligned_and_meets_target():
         binarize(units, scores, 2.0 * total, 8)
 
 
+def _macs_of(model):
+    from dmc.prune.costs import count_macs
+
+    x, t, c = _inputs(1)
+    return count_macs(lambda: _run(model, x, t, c))
+
+
+def _unit_macs(model, units):
+    from dmc.prune.costs import unit_costs
+
+    x, t, c = _inputs(1)
+    return unit_costs(model, units, "macs", lambda: _run(model, x, t, c))
+
+
+def test_mac_costs_are_exact_for_any_slicing(family_model):
+    """A unit's measured MACs are what slicing it saves: any binarization's pruned model runs exactly
+    ``total - sum(removed units x cost)`` MACs per call (linear in the units, attention included)."""
+    family, model = family_model
+    units = find_units(model, family)
+    costs, total = _unit_macs(model, units)
+    assert total == _macs_of(model) and all(c > 0 for c in costs)
+    if family == "unet":  # one unit of the 8x8 block costs 4x its parameters' worth at 4x4 (same width)
+        hi, lo = (next(i for i, u in enumerate(units) if u.path == p) for p in ("down_blocks.0.resnets.0",
+                                                                                "down_blocks.1.resnets.0"))
+        assert costs[hi] / units[hi].params_per_unit > 3 * costs[lo] / units[lo].params_per_unit
+    for seed in range(3):
+        scores = [torch.randn(u.units, generator=torch.Generator().manual_seed(seed * 100 + i))
+                  for i, u in enumerate(units)]
+        keep = binarize(units, scores, 0.3 * total, 2, costs)
+        pruned, _ = slice_model(model, units, keep)
+        predicted = total - sum(int((~k).sum()) * c for k, c in zip(keep, costs))
+        assert _macs_of(pruned) == predicted <= 0.7 * total
+
+
+def test_mac_target_cuts_more_compute_than_the_parameter_target():
+    """At the same ratio and scores, the MAC target removes the MACs asked for; the parameter target
+    does not (the tiny UNet's parameters sit in its low-resolution block, as real UNets' do)."""
+    model = tiny_unet()
+    units = find_units(model, "unet")
+    costs, total_macs = _unit_macs(model, units)
+    params = sum(p.numel() for p in model.parameters())
+    scores = [torch.zeros(u.units) for u in units]  # no preference: only the targets differ
+    by_macs = _macs_of(slice_model(model, units, binarize(units, scores, 0.3 * total_macs, 2, costs))[0])
+    by_params = _macs_of(slice_model(model, units, binarize(units, scores, 0.3 * params, 2))[0])
+    assert by_macs <= 0.7 * total_macs < by_params
+
+
 def test_sliced_model_equals_masked_model(family_model):
     family, model = family_model
     units = find_units(model, family)
@@ -179,6 +226,28 @@ def test_mask_training_reaches_target_ratio():
     assert 0.6 < kept <= 0.7
 
 
+def test_mask_training_reaches_a_mac_target():
+    from dmc.models.adapters import make_adapter
+
+    model = tiny_unet()
+    units = find_units(model, "unet")
+    costs, total = _unit_macs(model, units)
+    adapter = make_adapter(model.float(), "UNet2DModel")
+    masks = MaskSet(model, units, seed=0, costs=costs)
+    log = learn_masks(adapter, masks, compile_calls(Recipe(steps=3), SCHEDULE), 2.0, (1, 8, 8), total, 0.3,
+                      TrainOptions(iterations=60, samples=4, batch=2, lr=0.2, seed=0))
+    removed = log["curve"]["removed_expected"]
+    # a few units carry most of a tiny model's MACs, so the dual ascent swings wider than on parameters
+    assert removed[0] < 0.05 and max(removed) > 0.3 and abs(sum(removed[-10:]) / 10 - 0.3) < 0.1
+    keep = binarize(units, [la.detach() for la in masks.log_alpha], 0.3 * total, 8, costs)
+    masks.remove()
+    pruned, _ = slice_model(model, units, keep)
+    x, t, c = _inputs(1)
+    from dmc.prune.costs import count_macs
+
+    assert 0.55 < count_macs(lambda: _run(pruned, x.float(), t, c)) / total <= 0.7
+
+
 def test_reconstruction_gradient_reaches_every_live_unit_and_no_dead_one():
     """The final-sample loss reaches the logits through the whole checkpointed sampler: every unit
     gets a gradient except one the output does not depend on (conv2 ignores its channels)."""
@@ -219,6 +288,7 @@ def test_compress_prune_end_to_end(tmp_path, run_cli):
     assert manifest["verification"]["psnr_db"] >= manifest["verification"]["floor_psnr_db"]  # export fidelity
     assert record["layers"] and all(r["kept_width"] % 8 == 0 for r in record["layers"])
     assert 0 < record["quality_vs_unpruned"]["psnr_db"] < 100
+    assert record["target"] == "params" and record["macs_after"] < record["macs_before"]
     code, text, _ = run_cli("inspect", out)
     assert code == 0 and "prune      learned" in text and record["layers"][0]["module"] in text
 
@@ -226,6 +296,18 @@ def test_compress_prune_end_to_end(tmp_path, run_cli):
 
     images = load(out)(n=2, seed=0)
     assert images.shape == (2, 16, 16, 1)
+
+
+@pytest.mark.slow
+def test_compress_prune_mac_target(tmp_path, run_cli):
+    out = tmp_path / "m.dmc"
+    code, _, err = run_cli("compress", "demo", "--prune", "0.2", "--prune-target", "macs", "--prune-iterations",
+                           "2", "--prune-samples", "4", "--steps", "3", "--verify-images", "1", "--out", out)
+    assert code == 0, err
+    record = next(p for p in json.loads((out / "manifest.json").read_text())["passes"] if p["name"] == "prune")
+    assert record["target"] == "macs" and record["macs_ratio"] <= 0.8
+    code, text, _ = run_cli("inspect", out)
+    assert code == 0 and "M MACs per call" in text and "target macs" in text
 
 
 def test_compress_prune_bad_ratio(tmp_path, run_cli):

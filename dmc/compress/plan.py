@@ -14,6 +14,7 @@ import dataclasses
 def plan_passes(int8: bool = False, cache: bool = False, seed: int = 0, prune: float | None = None,
                 prune_align: int | None = None, prune_method: str | None = None,
                 prune_iterations: int | None = None, prune_samples: int | None = None,
+                prune_target: str | None = None,
                 cache_schedule: str | None = None, cache_interval: int | None = None,
                 cache_method: str | None = None, forecast_order: int | None = None,
                 router_iterations: int | None = None, router_alpha: float | None = None,
@@ -34,7 +35,7 @@ def plan_passes(int8: bool = False, cache: bool = False, seed: int = 0, prune: f
         from dmc.prune import PruneConfig
 
         kw = {"ratio": prune, "align": prune_align, "method": prune_method, "iterations": prune_iterations,
-              "samples": prune_samples}
+              "samples": prune_samples, "target": prune_target}
         passes.append(PruneConfig(**{k: v for k, v in kw.items() if v is not None}))
     if cache:
         from dmc.cache import CacheConfig

@@ -7,13 +7,16 @@ from dataclasses import asdict, dataclass
 from dmc.errors import DmcError
 
 METHODS = ("learned", "magnitude", "magnitude-layer")
+TARGETS = ("params", "macs")
 
 
 @dataclass
 class PruneConfig:
     """Structural pruning of attention heads, FFN neurons and resnet inner channels.
 
-    - ``ratio``: fraction of the model's parameters to remove (the result removes at least this).
+    - ``ratio``: fraction of the model's ``target`` to remove (the result removes at least this).
+    - ``target``: "params" (parameters) or "macs" (multiply-accumulates per model call: what
+      pruning must cut to run faster; a UNet's parameters and its compute sit in different blocks).
     - ``align``: kept widths are multiples of this (or zero: the branch becomes its constant).
     - ``method``: "learned" (EcoDiff hard-concrete masks trained through the unrolled sampler) or
       "magnitude" (the L1 baseline: mean |w| per unit, ranked globally, same binarization) or
@@ -23,6 +26,7 @@ class PruneConfig:
     """
 
     ratio: float = 0.2
+    target: str = "params"
     align: int = 8
     method: str = "learned"
     iterations: int = 60
@@ -41,6 +45,8 @@ class PruneConfig:
             raise DmcError(f"--prune RATIO must be between 0 and 1 (exclusive), got {self.ratio}")
         if self.align < 1:
             raise DmcError(f"--prune-align must be >= 1, got {self.align}")
+        if self.target not in TARGETS:
+            raise DmcError(f"unknown prune target {self.target!r} (choose from {', '.join(TARGETS)})")
         if self.method not in METHODS:
             raise DmcError(f"unknown prune method {self.method!r} (choose from {', '.join(METHODS)})")
         if self.iterations < 0 or self.samples < 1 or self.batch < 1 or self.eval_samples < 1:

@@ -3,7 +3,7 @@
 Per unit a logit λ (init 3, so m ≈ 1); per forward pass u ~ U(0, 1) and
 ``s = sigmoid((log(u + δ) - log(1 - u + δ) + λ) / β)``, ``m = clamp(s (ζ - γ) + γ, 0, 1)``.
 ``P(m > 0) = sigmoid(λ - β log(-γ / ζ))`` gives the expected number of kept parameters, the
-differentiable sparsity measure. ``MaskSet`` is also the unrolled sampler's ``StepNoise``: it
+differentiable sparsity measure (or of kept MACs, with MAC costs per unit). ``MaskSet`` is also the unrolled sampler's ``StepNoise``: it
 draws u once per call and replays it when the call is recomputed.
 """
 
@@ -31,12 +31,15 @@ class MaskSet(nn.Module):
     ``"off"`` (identity: the unpruned model).
     """
 
-    def __init__(self, model: nn.Module, units: list[Unit], delta: float = 0.5, seed: int = 0):
+    def __init__(self, model: nn.Module, units: list[Unit], delta: float = 0.5, seed: int = 0,
+                 costs: list[float] | None = None):
         super().__init__()
         self.units = units
         self.delta = delta
         self.log_alpha = nn.ParameterList([nn.Parameter(torch.full((u.units,), LAMBDA_INIT)) for u in units])
-        self.params_per_unit = [float(u.params_per_unit) for u in units]
+        # what one unit weighs in the sparsity target: its parameters, or its MACs (``costs.py``)
+        self.cost_per_unit = [float(c) for c in costs] if costs is not None else [float(u.params_per_unit)
+                                                                                  for u in units]
         self.mode = "sample"
         self.u: list[torch.Tensor] | None = None
         self.fixed: list[torch.Tensor] | None = None
@@ -84,8 +87,9 @@ class MaskSet(nn.Module):
         self.fixed = [k.to(torch.float32) for k in keep]
         self.mode = "fixed"
 
-    def expected_removed_params(self) -> torch.Tensor:
-        return sum(((1 - expected_open(la)) * p).sum() for la, p in zip(self.log_alpha, self.params_per_unit))
+    def expected_removed(self) -> torch.Tensor:
+        """Expected removed cost (parameters or MACs, as ``cost_per_unit`` counts them)."""
+        return sum(((1 - expected_open(la)) * c).sum() for la, c in zip(self.log_alpha, self.cost_per_unit))
 
     def remove(self) -> None:
         for h in self._hooks:

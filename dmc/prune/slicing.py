@@ -1,4 +1,4 @@
-"""Binary masks from scores (aligned widths, exact parameter target), and physical slicing."""
+"""Binary masks from scores (aligned widths, a parameter or MAC target), and physical slicing."""
 
 from __future__ import annotations
 
@@ -22,8 +22,10 @@ def allowed_keeps(unit: Unit, align: int) -> list[int]:
     return sorted(keeps, reverse=True)
 
 
-def binarize(units: list[Unit], scores: list[torch.Tensor], remove_params: float, align: int) -> list[torch.Tensor]:
-    """Keep masks (bool per unit) removing at least ``remove_params`` parameters.
+def binarize(units: list[Unit], scores: list[torch.Tensor], remove: float, align: int,
+             costs: list[float] | None = None) -> list[torch.Tensor]:
+    """Keep masks (bool per unit) removing at least ``remove`` of the target: parameters, or the
+    cost of each structure's unit in ``costs`` (``costs.py``: MACs per call).
 
     Greedy over aligned chunks: every structure offers its next chunk (the lowest-scored units
     still kept, down to the next allowed width); the chunk of lowest mean score goes first, until
@@ -42,14 +44,16 @@ def binarize(units: list[Unit], scores: list[torch.Tensor], remove_params: float
 
     for i in range(len(units)):
         push(i)
+    per_unit = costs if costs is not None else [u.params_per_unit for u in units]
+    what = "parameters" if costs is None else "of the target"
     removed = 0.0
-    while removed < remove_params:
+    while removed < remove:
         if not heap:
-            raise DmcError(f"--prune: the maskable structures hold only {removed:.0f} parameters; cannot remove "
-                           f"{remove_params:.0f} (lower the ratio)")
+            raise DmcError(f"--prune: the maskable structures hold only {removed:.0f} {what}; cannot remove "
+                           f"{remove:.0f} (lower the ratio)")
         _, i = heapq.heappop(heap)
         cur, nxt = keeps[i][pos[i]], keeps[i][pos[i] + 1]
-        removed += (cur - nxt) * units[i].params_per_unit
+        removed += (cur - nxt) * per_unit[i]
         pos[i] += 1
         push(i)
     out = []

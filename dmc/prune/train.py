@@ -2,9 +2,9 @@
 
 Loss per batch: ``||x0(masked) - x0(unpruned)||² / var(x0)`` on the final sample of the whole
 K-call sampler (same initial noise, labels and guidance as the teacher), plus an augmented
-Lagrangian sparsity term ``μ·v + ρ·v²``, ``v = ratio - E[removed params] / total``, whose multiplier μ rises by dual ascent
-while the expected removal is short of the target and falls once it is met, so the masks settle
-near the requested ratio. Gradients come from the per-step checkpointed sampler
+Lagrangian sparsity term ``μ·v + ρ·v²``, ``v = ratio - E[removed] / total`` (parameters, or MACs
+per call), whose multiplier μ rises by dual ascent while the expected removal is short of the
+target and falls once it is met, so the masks settle near the requested ratio. Gradients come from the per-step checkpointed sampler
 (``dmc.learn.unrolled``); the hard-concrete noise is drawn once per call and replayed.
 """
 
@@ -37,7 +37,7 @@ def _take(d: dict, idx) -> dict:
     return {k: v[idx] for k, v in d.items()}
 
 
-def learn_masks(adapter, masks: MaskSet, calls, guidance, sample_shape, total_params: int, ratio: float,
+def learn_masks(adapter, masks: MaskSet, calls, guidance, sample_shape, total: float, ratio: float,
                 opts: TrainOptions) -> dict:
     """Train ``masks.log_alpha`` in place; returns a training log for the manifest."""
     started = time.time()
@@ -65,7 +65,7 @@ def learn_masks(adapter, masks: MaskSet, calls, guidance, sample_shape, total_pa
         tgt = target[idx]
         recon, _ = sampler.backward(x_all[idx], lambda y: (y - tgt).square().mean() / scale,
                                     _take(cond_all, idx), _take(uncond_all, idx), masks)
-        removed = masks.expected_removed_params() / total_params
+        removed = masks.expected_removed() / total
         shortfall = ratio - removed
         (mu * shortfall + opts.rho * shortfall.square()).backward()
         optim.step()
