@@ -1,15 +1,15 @@
 """Unrolled-sampler memory and mask-learned pruning benchmarks.
 
     python bench/bench_prune.py memory [--models demo mid] [--steps 10]
-    python bench/bench_prune.py quality [--ratios 0.1 0.2 0.3] [--n 256]
+    python bench/bench_prune.py quality [--ratios 0.1 0.2 0.3] [--n 256] [--targets params macs]
 
 memory: one gradient of an end-to-end loss on the final sample w.r.t. every parameter, naive
 (whole unrolled graph kept) vs per-step checkpointed, each in its own subprocess. Reported: peak
 bytes of tensors saved for backward (activations only; parameters excluded), peak RSS growth of
 the process over its state after loading and one no-grad sampling run, and wall time.
 
-quality: the prune pass at each ratio and method (learned, magnitude = global L1, magnitude-layer =
-L1 within each layer), DDIM 20 steps, guidance 2, then ``dmc.evaluate.evaluate`` (what ``dmc eval``
+quality: the prune pass at each ratio, method (learned, magnitude = global L1, magnitude-layer =
+L1 within each layer) and target (``--targets``: RATIO of the parameters or of the MACs per call), DDIM 20 steps, guidance 2, then ``dmc.evaluate.evaluate`` (what ``dmc eval``
 runs) of every artifact against the unpruned model: paired PSNR/SSIM, Frechet distance to held-out
 digits, class accuracy. Per-call latency: every artifact of a model and its unpruned FP32
 artifact sample interleaved on ONNX Runtime (``--threads``), median seconds of the model calls.
@@ -137,7 +137,7 @@ def cmd_memory(args) -> None:
     for model_name in args.models:
         for mode in ("naive", "checkpointed"):
             out = subprocess.run([sys.executable, __file__, "_memory_child", model_name, str(args.steps), mode,
-                                  str(args.batch)], capture_output=True, text=True, check=True)
+                              str(args.batch)], capture_output=True, text=True, check=True)
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(json.dumps(rows[-1]), flush=True)
     print("\n| model | params | steps | batch | mode | saved activations (MB) | peak RSS growth (MB) | seconds |")
@@ -192,37 +192,38 @@ def cmd_quality(args) -> None:
         unpruned = WORK / f"{model}-unpruned.dmc"
         compile_model(source, unpruned, CompileOptions(recipe=recipe, force=True, verify_images=1, **extra))
         paths, model_rows = {"unpruned": unpruned}, []
-        for ratio in args.ratios:
-            for method in args.methods:
-                path = WORK / f"{model}-{method}-{ratio}.dmc"
-                cfg = PruneConfig(ratio=ratio, method=method)
-                if mid:
-                    cfg = PruneConfig(ratio=ratio, method=method, iterations=args.mid_iterations)
-                start = time.perf_counter()
-                compile_model(source, path, CompileOptions(recipe=recipe, force=True, passes=[cfg],
-                                                           verify_images=1 if mid else 4, **extra))
-                seconds = time.perf_counter() - start
-                manifest = json.loads((path / "manifest.json").read_text())
-                rec = next(p for p in manifest["passes"] if p["name"] == "prune")
-                row = {"model": model, "ratio": ratio, "method": method, "steps": steps, "n": args.n,
-                       "params_before": rec["params_before"], "params_after": rec["params_after"],
-                       "params_ratio": rec["params_ratio"], "compile_seconds": round(seconds, 1),
-                       "train_seconds": (rec.get("training") or {}).get("seconds"),
-                       "train_iterations": cfg.iterations if method == "learned" else None,
-                       "constant_branches": sum(r["constant"] for r in rec["layers"]),
-                       "date": time.strftime("%Y-%m-%d")}
-                if not mid:
-                    ev = evaluate(path, reference=model, n=args.n)
-                    row.update({
-                        "psnr_mean": ev["paired"]["psnr_mean"], "ssim_mean": ev["paired"]["ssim_mean"],
-                        "fd": ev["frechet"]["fd"], "fd_ci": [ev["frechet"]["ci_low"], ev["frechet"]["ci_high"]],
-                        "fd_reference_model": ev["frechet"]["reference_model_fd"],
-                        "fd_delta": ev["frechet"]["fd_delta"],
-                        "accuracy": (ev.get("classifier") or {}).get("accuracy"),
-                        "accuracy_reference": (ev.get("classifier") or {}).get("reference_accuracy")})
-                paths[f"{method}-{ratio}"] = path
-                model_rows.append(row)
-                print(json.dumps(row), flush=True)
+        for ratio, method, target in [(r, m, t) for r in args.ratios for m in args.methods for t in args.targets]:
+            label = method if target == "params" else f"{method}/macs"
+            path = WORK / f"{model}-{label.replace('/', '-')}-{ratio}.dmc"
+            cfg = PruneConfig(ratio=ratio, method=method, target=target)
+            if mid:
+                cfg = PruneConfig(ratio=ratio, method=method, target=target, iterations=args.mid_iterations)
+            start = time.perf_counter()
+            compile_model(source, path, CompileOptions(recipe=recipe, force=True, passes=[cfg],
+                                                       verify_images=1 if mid else 4, **extra))
+            seconds = time.perf_counter() - start
+            manifest = json.loads((path / "manifest.json").read_text())
+            rec = next(p for p in manifest["passes"] if p["name"] == "prune")
+            row = {"model": model, "ratio": ratio, "method": label, "target": target, "steps": steps,
+                   "n": args.n, "params_before": rec["params_before"], "params_after": rec["params_after"],
+                   "params_ratio": rec["params_ratio"], "macs_ratio": rec["macs_ratio"],
+                   "compile_seconds": round(seconds, 1),
+                   "train_seconds": (rec.get("training") or {}).get("seconds"),
+                   "train_iterations": cfg.iterations if method == "learned" else None,
+                   "constant_branches": sum(r["constant"] for r in rec["layers"]),
+                   "date": time.strftime("%Y-%m-%d")}
+            if not mid:
+                ev = evaluate(path, reference=model, n=args.n)
+                row.update({
+                    "psnr_mean": ev["paired"]["psnr_mean"], "ssim_mean": ev["paired"]["ssim_mean"],
+                    "fd": ev["frechet"]["fd"], "fd_ci": [ev["frechet"]["ci_low"], ev["frechet"]["ci_high"]],
+                    "fd_reference_model": ev["frechet"]["reference_model_fd"],
+                    "fd_delta": ev["frechet"]["fd_delta"],
+                    "accuracy": (ev.get("classifier") or {}).get("accuracy"),
+                    "accuracy_reference": (ev.get("classifier") or {}).get("reference_accuracy")})
+            paths[f"{label}-{ratio}"] = path
+            model_rows.append(row)
+            print(json.dumps(row), flush=True)
         latency = per_call_seconds(paths, args.threads, args.repeats)
         for row in model_rows:
             row.update({"per_call_ms": round(1e3 * latency[f"{row['method']}-{row['ratio']}"], 3),
@@ -231,14 +232,15 @@ def cmd_quality(args) -> None:
             with results.open("a") as f:
                 f.write(json.dumps(row) + "\n")
         rows += model_rows
-    print("\n| model | ratio | method | params kept | ms per call (unpruned) | x faster | paired PSNR (dB) | SSIM | "
+    print("\n| model | ratio | method | params kept | MACs kept | ms per call (unpruned) | x faster | paired PSNR (dB) | SSIM | "
           "FD [95% CI] (unpruned FD) | class acc. (unpruned) | constant branches | compile s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         acc = f"{r['accuracy']:.3f} ({r['accuracy_reference']:.3f})" if r.get("accuracy") is not None else "-"
         quality = (f"{r['psnr_mean']:.2f} | {r['ssim_mean']:.3f} | {r['fd']:.2f} [{r['fd_ci'][0]:.2f}, "
                    f"{r['fd_ci'][1]:.2f}] ({r['fd_reference_model']:.2f})") if "fd" in r else "- | - | -"
-        print(f"| {r['model']} | {r['ratio']} | {r['method']} | {r['params_ratio']:.1%} | {r['per_call_ms']:.2f} "
+        print(f"| {r['model']} | {r['ratio']} | {r['method']} | {r['params_ratio']:.1%} | {r['macs_ratio']:.1%} | "
+              f"{r['per_call_ms']:.2f} "
               f"({r['unpruned_per_call_ms']:.2f}) | {r['unpruned_per_call_ms'] / r['per_call_ms']:.2f} | {quality} | "
               f"{acc} | {r['constant_branches']} | {r['compile_seconds']} |")
 
@@ -262,6 +264,7 @@ def main(argv=None) -> int:
     qual.add_argument("--n", type=int, default=256)
     qual.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads of the latency runs")
     qual.add_argument("--repeats", type=int, default=5, help="interleaved sampling runs of the latency")
+    qual.add_argument("--targets", nargs="+", choices=["params", "macs"], default=["params"])
     qual.add_argument("--mid-iterations", type=int, default=8)
     qual.add_argument("--mid-steps", type=int, default=10)
     args = ap.parse_args(argv)
