@@ -70,30 +70,44 @@ def noise(seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(SHAPE, dtype=np.float32)
 
 
-def diffusers_loop(recipe: Recipe, schedule: dict):
+def diffusers_loop(recipe: Recipe, schedule: dict, drawn: list | None = None):
+    """``drawn`` collects, per step, the noise a stochastic step (DDPM) draws from its generator."""
+    import inspect
+
     sched = build_scheduler(recipe, schedule, SHAPE[1:])
     model = Denoiser(schedule)
     x = torch.from_numpy(noise()).double() * float(getattr(sched, "init_noise_sigma", 1.0))
+    gen = torch.Generator().manual_seed(0)
+    takes_generator = "generator" in inspect.signature(sched.step).parameters
     for t in sched.timesteps:
         inp = sched.scale_model_input(x, t) if hasattr(sched, "scale_model_input") else x
         out = torch.from_numpy(model(inp.numpy().astype(np.float32), float(t))).double()
-        x = sched.step(out, t, x, return_dict=False)[0]
+        if drawn is not None:  # what the step's generator would draw next, taken from a copy of its state
+            copy = torch.Generator().set_state(gen.get_state())
+            drawn.append(torch.randn(x.shape, generator=copy, dtype=x.dtype).numpy())
+        kwargs = {"generator": gen} if takes_generator else {}
+        x = sched.step(out, t, x, return_dict=False, **kwargs)[0]
     return [float(t) for t in sched.timesteps], x.numpy()
 
 
-def dmc_loop(recipe: Recipe, schedule: dict, dtype=np.float64):
+def dmc_loop(recipe: Recipe, schedule: dict, dtype=np.float64, drawn: list | None = None):
     calls = compile_calls(recipe, schedule, SHAPE[1:])
     model = Denoiser(schedule)
     x, history = noise().astype(dtype), []
-    for call in calls:
+    for k, call in enumerate(calls):
         out = model(x * call.scale_in, call.timestep).astype(dtype)
-        x = sampler_update(call, x, out, history)
+        x = sampler_update(call, x, out, history, drawn[k] if drawn else None)
     return [c.timestep for c in calls], x
 
 
 def assert_same_as_diffusers(recipe: Recipe, schedule: dict, tol: float = TOL):
+    drawn: list = []
     try:
-        taus, ours = dmc_loop(recipe, schedule)
+        diffusers_loop(recipe, schedule, drawn)
+    except (ValueError, NotImplementedError, DmcError):
+        drawn = []
+    try:
+        taus, ours = dmc_loop(recipe, schedule, drawn=drawn)
     except DmcError:  # refused only what diffusers refuses or turns into NaN
         try:
             _, theirs = diffusers_loop(recipe, schedule)
@@ -205,8 +219,9 @@ def test_dynamic_shift_depends_on_the_image_size():
 def test_float32_runtime_path_matches_diffusers(sampler):
     schedule = vp_schedule("scaled_linear", "epsilon", "leading")
     recipe = Recipe(sampler=sampler, steps=10)
-    _, ours = dmc_loop(recipe, schedule, dtype=np.float32)
-    _, theirs = diffusers_loop(recipe, schedule)
+    drawn: list = []
+    _, theirs = diffusers_loop(recipe, schedule, drawn)
+    _, ours = dmc_loop(recipe, schedule, dtype=np.float32, drawn=drawn)
     assert ours.dtype == np.float32 and relative_rmse(ours, theirs) <= FLOAT32_TOL
 
 

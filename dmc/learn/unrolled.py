@@ -66,6 +66,11 @@ class UnrolledSampler:
     """
 
     def __init__(self, model: Callable, calls: list[SamplerCall], guidance: float | None = None):
+        from dmc.errors import DmcError
+        from dmc.sampling.calls import is_stochastic
+
+        if is_stochastic(calls):
+            raise DmcError("learning through the sampler needs a deterministic sampler (not ddpm): use ddim")
         self.model = model
         self.calls = calls
         self.guidance = guidance if guidance is not None and guidance > 1.0 else None

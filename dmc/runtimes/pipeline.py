@@ -10,7 +10,8 @@ from dmc.artifact import Manifest
 from dmc.errors import DmcError
 from dmc.runtimes.conditions import cond_inputs, condition_feeds
 from dmc.runtimes.executor import host_feeds
-from dmc.sampling.calls import SamplerCall, default_labels, guide, initial_noise, sampler_update
+from dmc.sampling.calls import (SamplerCall, default_labels, guide, initial_noise, is_stochastic, sampler_update,
+                                step_noise)
 from dmc.sampling.recipe import Recipe
 
 
@@ -111,13 +112,14 @@ class Pipeline:
             for name in feeds:  # graph input order is fixed by name, not by this dict
                 cond[name] = feeds[name][start:start + b]
                 uncond[name] = unfeeds[name][start:start + b]
-            chunks.append(self._run_batch(x, cond, uncond, bar, on_call))
+            chunks.append(self._run_batch(x, cond, uncond, bar, on_call, (seed, first + start)))
         if bar is not None:
             bar.close()
         return np.concatenate(chunks)
 
-    def _run_batch(self, x: np.ndarray, cond: dict, uncond: dict, bar, on_call) -> np.ndarray:
+    def _run_batch(self, x: np.ndarray, cond: dict, uncond: dict, bar, on_call, noise_key=(0, 0)) -> np.ndarray:
         n = len(x)
+        stochastic = is_stochastic(self.calls)  # ancestral samplers: fresh noise per call, seeded per image
         guided = self.recipe.guided
         cond_feed = {k: np.concatenate([uncond[k], v]) for k, v in cond.items()} if guided else cond
         history: list = []
@@ -143,7 +145,8 @@ class Pipeline:
                 if depth:
                     past[name] = [executor.to_numpy(value)] + past.get(name, [])[: depth - 1]
             out = guide(raw, n, self.recipe.guidance) if guided else raw
-            x = sampler_update(call, x, out, history)
+            z = step_noise(noise_key[0], k, n, self.sample_shape, noise_key[1]) if stochastic and call.noise else None
+            x = sampler_update(call, x, out, history, z)
             if on_call is not None:
                 on_call(k, host_feeds(executor, feeds), raw, x)
             if bar is not None:

@@ -6,6 +6,7 @@ Every deterministic sampler dmc compiles reduces to, per call k with model outpu
     eps = e_x * x + e_out * out          # noise prediction
     x'  = a * x + b * eps + o * out + sum_j c[j] * D_{k-j}
           + sum_j x_hist[j] * x_{k-1-j} + sum_j out_hist[j] * out_{k-1-j}
+          + noise * z_k                  # ancestral samplers (DDPM): z_k ~ N(0, 1), seeded per image
 
 and the network sees ``scale_in * x``. The runtime needs only these coefficients (derived
 from diffusers' schedulers at compile time, see ``dmc.sampling.compile``) and numpy. The
@@ -41,6 +42,7 @@ class SamplerCall:
     # per-channel terms (DPM-Solver-v3): {"a": [C], "c": [[C]..], "x_hist": [[C]..], "bias": [C]},
     # added to the scalar ones and broadcast over the sample's channel axis (axis 1)
     channel: dict | None = None
+    noise: float = 0.0  # std of the fresh noise this call adds (DDPM's posterior std; 0: deterministic)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -53,9 +55,11 @@ class SamplerCall:
 KEEP_HISTORY = 1  # at least the current call; tables pad their rows for what later rows reach back to
 
 
-def sampler_update(call: SamplerCall, x: np.ndarray, out: np.ndarray, history: list) -> np.ndarray:
+def sampler_update(call: SamplerCall, x: np.ndarray, out: np.ndarray, history: list,
+                   z: np.ndarray | None = None) -> np.ndarray:
     """Advance ``x`` by one call. ``history`` holds ``(x, out, D)`` of earlier calls, newest first, and is
-    updated; callers only create it empty and pass it back.
+    updated; callers only create it empty and pass it back. ``z`` is the call's fresh noise
+    (``step_noise``), needed only where ``call.noise`` is not 0.
 
     Computed in float64: at the noisiest call of a cosine schedule d_x is ~2e4, and the
     cancellation in ``d_x * x + d_out * out`` would cost float32 its last digits.
@@ -83,6 +87,10 @@ def sampler_update(call: SamplerCall, x: np.ndarray, out: np.ndarray, history: l
             x_next = x_next + w * oj
     if call.channel:
         x_next = x_next + _channel_terms(call.channel, x, history)
+    if call.noise:
+        if z is None:
+            raise ValueError("an ancestral (stochastic) sampler call needs its noise z")
+        x_next = x_next + call.noise * z.astype(np.float64)
     return x_next.astype(dtype, copy=False)
 
 
@@ -104,6 +112,19 @@ def initial_noise(seed: int, n: int, shape: tuple[int, ...], first: int = 0) -> 
         np.random.default_rng([seed, first + i]).standard_normal(shape, dtype=np.float32)
         for i in range(n)
     ])
+
+
+def step_noise(seed: int, call: int, n: int, shape: tuple[int, ...], first: int = 0) -> np.ndarray:
+    """z_k of an ancestral sampler for images ``first .. first+n-1`` at call ``call``: like
+    ``initial_noise``, one stream per image, so batching and shards do not change a sample."""
+    return np.stack([
+        np.random.default_rng([seed, first + i, 1 + call]).standard_normal(shape, dtype=np.float32)
+        for i in range(n)
+    ])
+
+
+def is_stochastic(calls) -> bool:
+    return any(getattr(c, "noise", 0.0) for c in calls)
 
 
 def default_labels(n: int, num_classes: int, first: int = 0) -> np.ndarray:

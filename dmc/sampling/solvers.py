@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from dmc.sampling.tables import ddim_calls, dpmpp_2m_calls, traced_calls
+from dmc.sampling.tables import ddim_calls, ddpm_calls, dpmpp_2m_calls, traced_calls
 
 DIFFUSION, FLOW = "diffusion", "flow"  # VP training schedules (betas) / rectified-flow ones (sigmas)
 _FLOW_SIGMAS = {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}
@@ -29,6 +29,8 @@ class Solver:
 _NO_THRESHOLD = {"thresholding": False}
 SOLVERS: dict[str, Solver] = {
     "ddim": Solver("DDIMScheduler", DIFFUSION, "DDIM (eta 0), clip_sample as configured", build=ddim_calls),
+    "ddpm": Solver("DDPMScheduler", DIFFUSION, "DDPM ancestral (stochastic: fresh noise every call), clip_sample "
+                   "as configured", build=ddpm_calls),
     "dpm++2m": Solver("DPMSolverMultistepScheduler", DIFFUSION, "DPM-Solver++(2M), midpoint",
                       {"algorithm_type": "dpmsolver++", "solver_order": 2, **_NO_THRESHOLD}, build=dpmpp_2m_calls),
     "dpm++3m": Solver("DPMSolverMultistepScheduler", DIFFUSION, "DPM-Solver++(3M)",

@@ -51,6 +51,29 @@ def ddim_calls(sched) -> list[SamplerCall]:
     return calls
 
 
+def ddpm_calls(sched) -> list[SamplerCall]:
+    """DDPM's ancestral step (variance ``fixed_small``), on any subset of the training timesteps:
+    x' = c0 * clip(D) + c1 * x + sigma * z, abar_prev at the next timestep of the schedule (one after
+    the last), as diffusers' ``previous_timestep``."""
+    cfg = sched.config
+    if cfg.variance_type not in ("fixed_small", "fixed_small_log"):
+        raise DmcError(f"DDPM variance_type {cfg.variance_type!r} is not supported (fixed_small only)")
+    clip = float(cfg.clip_sample_range) if cfg.clip_sample else None
+    calls = []
+    timesteps = sched.timesteps.tolist()
+    for i, t in enumerate(timesteps):
+        abar = float(sched.alphas_cumprod[t])
+        prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+        abar_prev = float(sched.alphas_cumprod[prev]) if prev >= 0 else float(sched.one)
+        beta = 1 - abar / abar_prev  # the step's own beta (several training steps at once)
+        terms = prediction_terms(cfg.prediction_type, math.sqrt(abar), math.sqrt(1 - abar))
+        c0 = math.sqrt(abar_prev) * beta / (1 - abar)
+        c1 = math.sqrt(1 - beta) * (1 - abar_prev) / (1 - abar)
+        sigma = math.sqrt(max((1 - abar_prev) / (1 - abar) * beta, 1e-20)) if t > 0 else 0.0
+        calls.append(SamplerCall(float(t), *terms, a=c1, b=0.0, c=[c0], clip=clip, noise=sigma))
+    return calls
+
+
 def dpmpp_2m_calls(sched) -> list[SamplerCall]:
     """DPM-Solver++(2M), midpoint form, with diffusers' rules for first and final orders."""
     cfg = sched.config
