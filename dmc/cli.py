@@ -177,7 +177,9 @@ def compress(model, out, sampler, steps, guidance, seed, config_path, int8, cach
                              verify_images=opts["verify_images"], verify_budget_s=opts["verify_budget"] or None,
                              fidelity_floor=opts["fidelity_floor"],
                              int8_parts=parse_groups(opts["int8_parts"]),
-                             sampler_follows_schedule=not sampler_given and opts["step_plan"] is None)
+                             sampler_follows_schedule=not sampler_given and opts["step_plan"] is None,
+                             steps_follow_model=click.get_current_context().get_parameter_source("steps")
+                             == click.core.ParameterSource.DEFAULT and opts["step_plan"] is None)
     if opts["fidelity_floor"] is not None and not math.isfinite(opts["fidelity_floor"]):
         raise DmcError(f"--fidelity-floor must be a finite number of dB, got {opts['fidelity_floor']}")
     if opts.get("size"):
@@ -191,8 +193,9 @@ def compress(model, out, sampler, steps, guidance, seed, config_path, int8, cach
     for w in manifest.get("warnings", []):
         click.echo(f"dmc: warning: {w}", err=True)
     v = manifest["verification"]
+    what = f"{v['chunks']} action chunks" if "chunks" in v else f"{v['images']} images"
     click.echo(f"wrote {path} ({manifest['precision']}, {len(manifest['graphs'])} graph(s), "
-               f"verified on {v['images']} images: PSNR {v['psnr_db']:.1f} dB vs torch)")
+               f"verified on {what}: PSNR {v['psnr_db']:.1f} dB vs torch)")
     int8_parts = (manifest.get("parts") or {}).get("verification", {}).get("int8_psnr_db") or {}
     if int8_parts:
         click.echo("  INT8 parts on held-out inputs: " + ", ".join(f"{k} {v:.1f} dB" for k, v in int8_parts.items()))
@@ -226,7 +229,9 @@ def run(artifact, n, seed, class_label, out, provider, threads, backend, prompts
     """
     from dmc.runtimes import load
     from dmc.runtimes.images import save_grid
+    from dmc.runtimes.policy import refuse_policy
 
+    refuse_policy(artifact, "dmc run")
     providers = None
     if provider:  # short names cuda|tensorrt|cpu get their options (TensorRT EP caches next to the artifact)
         from dmc.artifact import read_manifest

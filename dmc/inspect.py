@@ -42,9 +42,11 @@ def describe(artifact: str | Path, schedule_png: str | None = None) -> dict:
         "verification": d.get("verification"),
         "provenance": d["provenance"],
     }
+    from dmc.runtimes.policy import describe_policy
     from dmc.runtimes.text2image import describe_parts
 
     info["pipeline"] = describe_parts(manifest)
+    info["policy"] = describe_policy(manifest)
     from dmc.sampling.step_plan import describe as describe_steps
 
     info["steps"] = describe_steps(d)
@@ -83,9 +85,12 @@ def format_text(info: dict) -> str:
     lines += table_lines(info.get("sampler_table", []))
     if info.get("pipeline"):
         lines.append(f"pipeline   {info['pipeline']['text']}")
+    if info.get("policy"):
+        lines.append(f"policy     {info['policy']}")
     v = info.get("verification")
     if v:
-        lines.append(f"verified   {v['images']} images, PSNR {v['psnr_db']:.1f} dB vs torch (floor {v['floor_psnr_db']})")
+        what = f"{v['chunks']} action chunks" if "chunks" in v else f"{v['images']} images"
+        lines.append(f"verified   {what}, PSNR {v['psnr_db']:.1f} dB vs torch (floor {v['floor_psnr_db']})")
     quant = info.get("quantize") or {}
     for name, g in (quant.get("graphs") or {}).items():
         problems = g.get("profile_problems") or []

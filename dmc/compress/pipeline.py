@@ -46,6 +46,7 @@ class CompileOptions:
     verify_budget_s: float | None = None  # fewer than verify_images when full images would take longer
     fidelity_floor: float | None = None  # PSNR (dB) verification refuses below; None: the passes' own floor
     sampler_follows_schedule: bool = False  # the sampler was not chosen: a flow-matching model gets flow-euler
+    steps_follow_model: bool = False  # --steps was not given: a policy samples at its own num_inference_steps
     int8_parts: tuple[str, ...] = ()  # text-to-image: "text" and/or "vae" get INT8 too (dmc.quantize.parts)
     # verification frees the torch weights before ONNX Runtime opens (a big model is never held twice);
     # True keeps them for callers that run the context's torch pipelines after compiling
@@ -115,6 +116,11 @@ def reference_pipeline(source: str, recipe: Recipe, config_path: str | None = No
 def compile_model(source: str, out: str | Path, options: CompileOptions | None = None) -> Path:
     options = options or CompileOptions()
     check_opset(options.opset)
+    from dmc.compress.sources import compiler_for
+
+    special = compiler_for(source)  # e.g. a LeRobot policy folder
+    if special is not None:
+        return special(source, out, options)
     started = time.time()
     # claim the output, check it is writable with room to spare, before any work
     writer = ArtifactWriter(out, overwrite=options.force, need_bytes=estimate_artifact_bytes(source))

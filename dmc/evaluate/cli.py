@@ -98,6 +98,9 @@ def eval_cmd(artifact, reference, n, seed, features, batch_size, prompts_file, t
       torchrun --nproc_per_node 2 -m dmc.evaluate.distributed demo.dmc --reference demo --num-images 1000
     """
     from dmc.evaluate.distributed import Comm
+    from dmc.runtimes.policy import refuse_policy
+
+    refuse_policy(artifact, "dmc eval")
     from dmc.evaluate.evaluate import DEFAULT_BATCH, DEFAULT_N, evaluate, format_eval
 
     _threads(threads)
@@ -145,7 +148,9 @@ def bench_cmd(artifact, vs, n_images, repeats, warmup, threads, seed, memory, as
       dmc bench demo.dmc --vs demo --json > bench.json     # ORT artifact vs torch eager
     """
     from dmc.evaluate.bench import benchmark, format_bench
+    from dmc.runtimes.policy import refuse_policy
 
+    refuse_policy(artifact, "dmc bench")
     _threads(threads)
     result = benchmark(artifact, vs=vs, n_images=n_images, repeats=repeats, warmup=warmup, threads=threads,
                        seed=seed, memory=memory, progress=True)

@@ -3,6 +3,9 @@
     from dmc.runtimes import load
     pipe = load("demo.dmc")
     images = pipe(n=16, seed=0)          # uint8 [16, H, W, C]
+
+An artifact of a whole task opens as that task's runtime (``TASK_RUNTIMES``): a text-to-image
+pipeline as ``TextToImage``, a robot policy as ``Policy`` (``act``).
 """
 
 from __future__ import annotations
@@ -13,13 +16,22 @@ from dmc.artifact import read_manifest
 from dmc.runtimes.executor import BACKENDS, Executor, default_backend, open_executor
 from dmc.runtimes.pipeline import Pipeline
 
+# (module, predicate on the manifest, opener(manifest, pipe, backend, providers, threads)), first match wins
+TASK_RUNTIMES = (
+    ("dmc.runtimes.text2image", "has_prompt_pipeline", "open_text_to_image"),
+    ("dmc.runtimes.policy", "has_policy", "open_policy"),
+)
+
 
 def load(path: str | Path, backend: str | None = None, providers: list[str] | None = None,
          threads: int | None = None) -> Pipeline:
     """Verify the artifact at ``path`` (format version and every checksum) and open its graphs
     with ``backend`` (a name in ``BACKENDS``; None: the backend the artifact was compiled for where
     installed, else onnxruntime). An artifact compiled from a text-to-image pipeline folder gives a
-    ``TextToImage`` (``pipe(prompt=..., n=, seed=, guidance=)``)."""
+    ``TextToImage`` (``pipe(prompt=..., n=, seed=, guidance=)``), one from a policy a ``Policy``
+    (``act(observations)``)."""
+    import importlib
+
     from dmc.runtimes.executor import backend_class
 
     if backend is not None:
@@ -28,10 +40,10 @@ def load(path: str | Path, backend: str | None = None, providers: list[str] | No
     backend = backend or default_backend(manifest)
     cls = backend_class(backend)
     pipe = Pipeline.from_manifest(manifest, cls(manifest, providers=providers, threads=threads))
-    from dmc.runtimes.text2image import has_prompt_pipeline, open_text_to_image
-
-    if has_prompt_pipeline(manifest):  # a whole pipeline: prompt in, image out
-        return open_text_to_image(manifest, pipe, backend, providers, threads)
+    for module, predicate, opener in TASK_RUNTIMES:
+        task = importlib.import_module(module)
+        if getattr(task, predicate)(manifest):
+            return getattr(task, opener)(manifest, pipe, backend, providers, threads)
     return pipe
 
 

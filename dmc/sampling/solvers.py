@@ -83,7 +83,7 @@ def table_rows(calls) -> list[dict]:
     rows = []
     for k, c in enumerate(calls):
         row = {"call": k, "timestep": round(c.timestep, 3)}
-        for key in ("a", "b", "o", "scale_in"):
+        for key in ("a", "b", "o", "scale_in", "noise"):
             value = getattr(c, key)
             if value != (1.0 if key == "scale_in" else 0.0):
                 row[key] = value
@@ -111,8 +111,8 @@ def _channel_summary(value) -> str:
 
 def table_lines(rows: list[dict]) -> list[str]:
     """x' = a x + b eps + o out + c.D + x_hist.x_{k-1..} + out_hist.out_{k-1..}, one line per call."""
-    lines = ["sampler    call  timestep  coefficients (x' = a x + b eps + o out + c.D_k.. + xh.x_k-1.. + oh.out_k-1..;"
-             " ch.*: per-channel terms added, terms x channels [range])"]
+    lines = ["sampler    call  timestep  coefficients (x' = a x + b eps + o out + c.D_k.. + xh.x_k-1.. + oh.out_k-1.."
+             " + noise z;" " ch.*: per-channel terms added, terms x channels [range])"]
     names = {"x_hist": "xh", "out_hist": "oh"}
     for r in rows:
         terms = []

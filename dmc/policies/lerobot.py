@@ -1,0 +1,215 @@
+"""LeRobot's saved policy layout, read without LeRobot (JSON and safetensors only, nothing unpickled).
+
+A folder written by ``policy.save_pretrained`` (and the processors' ``save_pretrained``) holds:
+
+- ``config.json``: ``"type": "diffusion"``, ``input_features`` / ``output_features`` (type and
+  shape per key), ``normalization_mapping`` (mode per feature type), ``horizon``,
+  ``n_obs_steps``, ``n_action_steps``, the UNet's sizes and the noise scheduler
+  (``noise_scheduler_type`` DDPM or DDIM, its betas, ``clip_sample``, ``prediction_type``,
+  ``num_inference_steps``);
+- ``model.safetensors``: the weights under ``diffusion.``;
+- the normalisation statistics: LeRobot >= 0.4 saves them beside the processor pipelines
+  (``policy_preprocessor.json`` names ``policy_preprocessor_step_N_normalizer_processor.safetensors``,
+  keys ``<feature>.<stat>``); earlier versions kept them in ``model.safetensors`` as
+  ``normalize_inputs.buffer_<feature with _ for .>.<stat>`` buffers. Both are read.
+
+Nothing is guessed: a missing statistic, scheduler field or unsupported feature is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dmc.errors import DmcError
+from dmc.models.safetensors_file import read_header, refuse_pickle
+
+POLICY_TYPES = ("diffusion",)
+WEIGHTS = "model.safetensors"
+PREPROCESSOR = "policy_preprocessor.json"
+STATS_OF_MODE = {"MEAN_STD": ("mean", "std"), "MIN_MAX": ("min", "max"), "QUANTILES": ("q01", "q99"),
+                 "QUANTILE10": ("q10", "q90"), "IDENTITY": ()}
+# LeRobot's defaults for keys an older config may lack (configuration_diffusion.py)
+SCHEDULER_DEFAULTS = {"noise_scheduler_type": "DDPM", "num_train_timesteps": 100, "beta_schedule": "squaredcos_cap_v2",
+                      "beta_start": 0.0001, "beta_end": 0.02, "prediction_type": "epsilon", "clip_sample": True,
+                      "clip_sample_range": 1.0}
+STATE, ENV, VISUAL = "observation.state", "observation.environment_state", "VISUAL"
+
+
+@dataclass
+class Feature:
+    key: str
+    type: str  # LeRobot's FeatureType: STATE, ENV, VISUAL, ACTION
+    shape: tuple[int, ...]
+
+    @property
+    def input_name(self) -> str:
+        return self.key  # the encoder graph's input keeps the feature's own name
+
+    def to_json(self) -> dict:
+        return {"key": self.key, "type": self.type, "shape": list(self.shape), "input": self.input_name}
+
+
+@dataclass
+class PolicySpec:
+    """What a LeRobot diffusion policy folder says, checked."""
+
+    folder: Path
+    config: dict
+    observations: list[Feature]  # in the order LeRobot concatenates them: state, (images), environment
+    action: Feature
+    normalization: dict[str, dict]  # feature key -> {"mode": ..., stat: list}
+    normalization_eps: float
+    stats_origin: str
+    weights: Path
+    schedule: dict = field(default_factory=dict)  # a diffusers scheduler config
+
+    @property
+    def horizon(self) -> int:
+        return int(self.config["horizon"])
+
+    @property
+    def n_obs_steps(self) -> int:
+        return int(self.config["n_obs_steps"])
+
+    @property
+    def n_action_steps(self) -> int:
+        return int(self.config["n_action_steps"])
+
+    @property
+    def sampler(self) -> str:
+        return self.schedule["_class_name"][: -len("Scheduler")].lower()  # "ddpm" | "ddim"
+
+    @property
+    def inference_steps(self) -> int:
+        steps = self.config.get("num_inference_steps")
+        return int(steps) if steps else int(self.schedule["num_train_timesteps"])
+
+    @property
+    def global_cond_dim(self) -> int:
+        return self.n_obs_steps * sum(int(np.prod(f.shape)) for f in self.observations)
+
+    def section(self) -> dict:
+        """The manifest's ``policy`` section (the runtime's contract, ``dmc.runtimes.policy``)."""
+        return {"type": self.config["type"], "source_format": "lerobot", "horizon": self.horizon,
+                "n_obs_steps": self.n_obs_steps, "n_action_steps": self.n_action_steps,
+                "observations": [f.to_json() for f in self.observations], "action": self.action.to_json(),
+                "normalization": self.normalization, "normalization_eps": self.normalization_eps,
+                "normalization_origin": self.stats_origin, "noise_scheduler": self.schedule,
+                "inference_steps": self.inference_steps}
+
+
+def is_lerobot_policy(source: str) -> bool:
+    """Does ``source`` name a folder saved by LeRobot's ``policy.save_pretrained``?"""
+    path = Path(source)
+    if not (path.is_dir() and (path / "config.json").is_file() and (path / WEIGHTS).is_file()):
+        return False
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "type" in config and "input_features" in config
+
+
+def _features(config: dict, which: str) -> list[Feature]:
+    raw = config.get(which) or {}
+    if not isinstance(raw, dict):
+        raise DmcError(f"config.json: {which} must be an object")
+    return [Feature(k, str(v.get("type")), tuple(int(d) for d in v.get("shape", ()))) for k, v in raw.items()]
+
+
+def _stats_from_processor(folder: Path) -> tuple[dict[str, dict[str, np.ndarray]], float] | None:
+    path = folder / PREPROCESSOR
+    if not path.exists():
+        return None
+    steps = json.loads(path.read_text()).get("steps", [])
+    step = next((s for s in steps if s.get("registry_name") == "normalizer_processor"), None)
+    if step is None or not step.get("state_file"):
+        return None
+    stats: dict[str, dict[str, np.ndarray]] = {}
+    for key, value in _read_arrays(folder / step["state_file"]).items():
+        feature, _, stat = key.rpartition(".")
+        stats.setdefault(feature, {})[stat] = value
+    return stats, float(step.get("config", {}).get("eps", 1e-8))
+
+
+def _stats_from_buffers(weights: Path, features: list[Feature]) -> dict[str, dict[str, np.ndarray]]:
+    """LeRobot < 0.4: ``normalize_inputs.buffer_observation_state.min`` and the like, in the weights."""
+    arrays = {k: v for k, v in _read_arrays(weights).items()
+              if k.startswith(("normalize_inputs.", "normalize_targets.", "unnormalize_outputs."))}
+    stats: dict[str, dict[str, np.ndarray]] = {}
+    for f in features:
+        flat = "buffer_" + f.key.replace(".", "_")
+        for key, value in arrays.items():
+            module, buffer, stat = key.split(".", 2) if key.count(".") >= 2 else (key, "", "")
+            if buffer == flat:
+                stats.setdefault(f.key, {}).setdefault(stat, value)
+    return stats
+
+
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    refuse_pickle(path)
+    return {k: np.asarray(v, dtype=np.float32) for k, v in load_file(str(path)).items()}
+
+
+def read_policy(source: str) -> PolicySpec:
+    """The checked spec of a LeRobot policy folder (refuses what dmc cannot compile, in one line)."""
+    folder = Path(source)
+    config = json.loads((folder / "config.json").read_text())
+    if config.get("type") not in POLICY_TYPES:
+        raise DmcError(f"{folder}: LeRobot policy type {config.get('type')!r} is not supported "
+                       f"(supported: {', '.join(POLICY_TYPES)})")
+    inputs, outputs = _features(config, "input_features"), _features(config, "output_features")
+    images = [f for f in inputs if f.type == VISUAL]
+    if images:
+        raise DmcError(f"{folder}: image observations ({images[0].key}) are not supported yet; dmc compiles "
+                       "diffusion policies on state and environment-state observations")
+    by_key = {f.key: f for f in inputs}
+    if STATE not in by_key:
+        raise DmcError(f"{folder}: a diffusion policy needs {STATE!r} among its input_features")
+    others = sorted(set(by_key) - {STATE, ENV})
+    if others:
+        raise DmcError(f"{folder}: input feature {others[0]!r} is not one a diffusion policy uses "
+                       f"({STATE}, {ENV}, images)")
+    observations = [by_key[STATE]] + ([by_key[ENV]] if ENV in by_key else [])
+    actions = [f for f in outputs if f.key == "action"]
+    if len(actions) != 1 or len(actions[0].shape) != 1:
+        raise DmcError(f"{folder}: output_features must hold one 'action' vector")
+    for key in ("horizon", "n_obs_steps", "n_action_steps", "down_dims"):
+        if key not in config:
+            raise DmcError(f"{folder}: config.json has no {key!r}")
+    cfg = {**SCHEDULER_DEFAULTS, **config}
+    kind = cfg["noise_scheduler_type"]
+    if kind not in ("DDPM", "DDIM"):
+        raise DmcError(f"{folder}: noise_scheduler_type {kind!r} is not supported (DDPM or DDIM)")
+    schedule = {"_class_name": f"{kind}Scheduler", **{k: cfg[k] for k in (
+        "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "clip_sample", "clip_sample_range",
+        "prediction_type")}}
+    weights = folder / WEIGHTS
+    found = _stats_from_processor(folder)
+    if found is not None:
+        stats, eps, origin = *found, PREPROCESSOR
+    else:
+        stats, eps, origin = _stats_from_buffers(weights, observations + actions), 1e-8, f"{WEIGHTS} buffers"
+    modes = config.get("normalization_mapping") or {}
+    normalization = {}
+    for f in observations + actions:
+        mode = modes.get(f.type, "IDENTITY")
+        if mode not in STATS_OF_MODE:
+            raise DmcError(f"{folder}: normalization mode {mode!r} of {f.key} is not supported")
+        need = STATS_OF_MODE[mode]
+        have = stats.get(f.key, {})
+        lacking = [s for s in need if s not in have]
+        if lacking:
+            raise DmcError(f"{folder}: no {lacking[0]!r} statistic for {f.key} ({mode} normalisation); "
+                           f"looked in {origin}")
+        normalization[f.key] = {"mode": mode, **{s: have[s].reshape(f.shape).tolist() for s in need}}
+    header, _ = read_header(weights)
+    if not any(k.startswith("diffusion.unet.") for k in header):
+        raise DmcError(f"{folder}: {WEIGHTS} holds no diffusion.unet.* weights")
+    return PolicySpec(folder, config, observations, actions[0], normalization, eps, origin, weights, schedule)

@@ -1,0 +1,141 @@
+"""Diffusion policies in LeRobot's saved layout: compiled, run without torch, equal to LeRobot's own actions.
+
+``tests/fixtures/lerobot/*`` were written by LeRobot 0.4.4 itself (``scripts/make_lerobot_fixture.py``):
+tiny random-weight policies (``save_pretrained`` of the policy and its processors) and, in
+``golden.safetensors``, raw observations, initial noise, the noise each DDPM step drew and the
+action chunks LeRobot computed from them.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from dmc.compress.pipeline import CompileOptions, compile_model
+from dmc.errors import DmcError
+from dmc.runtimes import load
+from dmc.runtimes.policy import ENCODER_GRAPH, Policy, normalize
+from dmc.sampling.calls import sampler_update
+
+FIXTURES = Path(__file__).parent / "fixtures" / "lerobot"
+ACTION_TOL = 1e-3  # robot units (actions span ~500): float32 graphs vs LeRobot's float32 torch
+
+
+def golden(name: str) -> dict:
+    return load_file(str(FIXTURES / name / "golden.safetensors"))
+
+
+def observations(g: dict) -> dict:
+    return {k[len("raw."):]: v for k, v in g.items() if k.startswith("raw.")}
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    root = tmp_path_factory.mktemp("policies")
+    return {name: compile_model(str(FIXTURES / name), root / f"{name}.dmc", CompileOptions(verify_images=2))
+            for name in ("keypoints-ddpm", "env4-ddim")}
+
+
+def test_policy_artifact_follows_the_policy_config(compiled):
+    m = json.loads((compiled["keypoints-ddpm"] / "manifest.json").read_text())
+    assert m["recipe"]["sampler"] == "ddpm" and m["recipe"]["steps"] == 10  # noise_scheduler_type, num_inference_steps
+    assert m["policy"]["horizon"] == 8 and m["policy"]["n_obs_steps"] == 2 and m["policy"]["n_action_steps"] == 4
+    assert m["policy"]["normalization_origin"] == "policy_preprocessor.json"
+    assert set(m["graphs"]) == {"full", ENCODER_GRAPH}
+    assert m["verification"]["psnr_db"] >= 60 and m["verification"]["chunks"] == 2
+    d = json.loads((compiled["env4-ddim"] / "manifest.json").read_text())
+    assert d["recipe"]["sampler"] == "ddim" and d["recipe"]["steps"] == 8
+
+
+def test_ddim_policy_acts_as_lerobot(compiled):
+    g = golden("env4-ddim")
+    policy = load(compiled["env4-ddim"])
+    assert isinstance(policy, Policy)
+    got = policy.act(observations(g), noise=g["noise"])
+    assert got.shape == g["actions"].shape == (3, 4, 2)
+    assert np.abs(got - g["actions"]).max() < ACTION_TOL
+    one = policy.act({k: v[1] for k, v in observations(g).items()}, noise=g["noise"][1])  # one history, no batch
+    assert one.shape == (4, 2) and np.abs(one - g["actions"][1]).max() < ACTION_TOL
+
+
+def test_ddpm_policy_with_lerobots_step_noise_acts_as_lerobot(compiled):
+    """The compiled DDPM table, the graphs and the normalisation, fed the noise LeRobot's scheduler
+    drew at each step, reproduce LeRobot's actions."""
+    g = golden("keypoints-ddpm")
+    policy = load(compiled["keypoints-ddpm"])
+    cond, _ = policy.condition(observations(g))
+    x, history, drawn = g["noise"].astype(np.float32), [], iter(g[f"step_noise.{i}"] for i in range(9))
+    for call in policy.pipe.calls:
+        out = policy.executor.run("full", {"sample": x, "timestep": np.full(len(x), call.timestep, np.float32),
+                                           "global_cond": cond})[0]
+        x = sampler_update(call, x, policy.executor.to_numpy(out), history, next(drawn) if call.noise else None)
+    spec = policy.spec
+    actions = normalize(x, spec["normalization"]["action"], spec["normalization_eps"], inverse=True)[:, 1:5]
+    assert np.abs(actions - g["actions"]).max() < ACTION_TOL
+    assert next(drawn, None) is None  # one draw per noisy step, as LeRobot's
+
+
+def test_ddpm_policy_runtime_is_seeded(compiled):
+    policy = load(compiled["keypoints-ddpm"])
+    obs = observations(golden("keypoints-ddpm"))
+    a = policy.act(obs, seed=1)
+    assert np.array_equal(a, policy.act(obs, seed=1))
+    assert np.abs(a - policy.act(obs, seed=2)).max() > 1.0  # fresh noise changes the chunk
+
+
+def test_policy_runtime_does_not_import_torch(compiled):
+    code = (f"import sys, numpy as np; from dmc.runtimes import load; p = load({str(compiled['env4-ddim'])!r}); "
+            "a = p.act({'observation.state': np.zeros((1, 2)), 'observation.environment_state': np.zeros((1, 4))}); "
+            "print(a.shape, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "(4, 2) False"
+
+
+def test_act_refuses_bad_observations_in_one_line(compiled):
+    policy = load(compiled["env4-ddim"])
+    good = {"observation.state": np.zeros((1, 2)), "observation.environment_state": np.zeros((1, 4))}
+    cases = [({"observation.state": np.zeros((1, 2))}, "missing observation"),
+             ({**good, "observation.image": np.zeros((1, 3))}, "takes no observation"),
+             ({**good, "observation.state": np.zeros((2, 2))}, "must have shape"),
+             ({**good, "observation.state": np.full((1, 2), np.nan)}, "NaN")]
+    for obs, message in cases:
+        with pytest.raises(DmcError, match=message) as e:
+            policy.act(obs)
+        assert "\n" not in str(e.value)
+
+
+def test_image_policies_and_passes_are_refused_before_work(tmp_path, run_cli):
+    folder = tmp_path / "img"
+    shutil.copytree(FIXTURES / "env4-ddim", folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["input_features"]["observation.image"] = {"type": "VISUAL", "shape": [3, 96, 96]}
+    (folder / "config.json").write_text(json.dumps(config))
+    code, _, err = run_cli("compress", str(folder), "--out", tmp_path / "a.dmc")
+    assert code == 2 and "image observations" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli("compress", str(FIXTURES / "env4-ddim"), "--int8", "--out", tmp_path / "b.dmc")
+    assert code == 2 and "not supported for policies yet" in err
+    assert not (tmp_path / "a.dmc").exists() and not (tmp_path / "b.dmc").exists()
+
+
+def test_missing_statistics_are_refused(tmp_path, run_cli):
+    folder = tmp_path / "nostats"
+    shutil.copytree(FIXTURES / "env4-ddim", folder)
+    for f in folder.glob("policy_*processor*"):
+        f.unlink()
+    code, _, err = run_cli("compress", str(folder), "--out", tmp_path / "c.dmc")
+    assert code == 2 and "statistic" in err and len(err.strip().splitlines()) == 1
+
+
+def test_inspect_shows_the_policy_and_image_commands_refuse_it(compiled, run_cli):
+    art = compiled["keypoints-ddpm"]
+    code, text, _ = run_cli("inspect", art)
+    assert code == 0 and "LeRobot diffusion policy: horizon 8" in text and "4 action chunks" not in text
+    assert "noise=" in text  # the DDPM rows show their noise std
+    for command in ("run", "eval", "bench"):
+        code, _, err = run_cli(command, art)
+        assert code == 2 and "is a robot policy" in err and len(err.strip().splitlines()) == 1
