@@ -28,6 +28,9 @@ from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
 from lerobot.policies.diffusion.processor_diffusion import make_diffusion_pre_post_processors
 import diffusers.schedulers.scheduling_ddpm as ddpm_module
 
+IMAGE_CASE = {  # PushT's image layout (resnet18, GroupNorm, 32 keypoints, 84x84 crop): 45 MB, not committed
+    "image-ddim": dict(env=0, image=(3, 96, 96), crop=(84, 84), scheduler="DDIM", steps=5, film=True),
+}
 CASES = {
     # PushT keypoints layout: agent position + 16 keypoint coordinates, DDPM as LeRobot's default
     "keypoints-ddpm": dict(env=16, scheduler="DDPM", steps=10, film=True),
@@ -41,17 +44,23 @@ def build(name: str, case: dict, out: Path) -> None:
     inputs = {"observation.state": PolicyFeature(type=FeatureType.STATE, shape=(2,))}
     if case["env"]:  # LeRobot requires images or an environment state
         inputs["observation.environment_state"] = PolicyFeature(type=FeatureType.ENV, shape=(case["env"],))
+    if case.get("image"):
+        inputs["observation.image"] = PolicyFeature(type=FeatureType.VISUAL, shape=case["image"])
     cfg = DiffusionConfig(input_features=inputs,
                           output_features={"action": PolicyFeature(type=FeatureType.ACTION, shape=(2,))},
                           down_dims=(8, 16), n_groups=2, diffusion_step_embed_dim=8, kernel_size=3, horizon=8,
                           n_obs_steps=case.get("n_obs", 2), n_action_steps=4, noise_scheduler_type=case["scheduler"],
-                          num_inference_steps=case["steps"], use_film_scale_modulation=case["film"], device="cpu")
+                          num_inference_steps=case["steps"], use_film_scale_modulation=case["film"], device="cpu",
+                          crop_shape=case.get("crop"))
     policy = DiffusionPolicy(cfg).eval()
     with torch.no_grad():  # fresh LeRobot init leaves some layers near zero: make every weight matter
         for p in policy.parameters():
             p.add_(0.2 * torch.randn_like(p))
     stats = {"observation.state": {"min": torch.tensor([0.0, 10.0]), "max": torch.tensor([512.0, 500.0])},
              "action": {"min": torch.tensor([12.0, 20.0]), "max": torch.tensor([500.0, 490.0])}}
+    if case.get("image"):
+        stats["observation.image"] = {"mean": torch.tensor([0.4, 0.5, 0.6]).reshape(3, 1, 1),
+                                      "std": torch.tensor([0.2, 0.25, 0.3]).reshape(3, 1, 1)}
     if case["env"]:
         stats["observation.environment_state"] = {"min": torch.zeros(case["env"]),
                                                   "max": torch.full((case["env"],), 512.0)}
@@ -63,7 +72,8 @@ def build(name: str, case: dict, out: Path) -> None:
 
     n_obs = cfg.n_obs_steps
     g = torch.Generator().manual_seed(7)
-    raw = {k: stats[k]["min"] + (stats[k]["max"] - stats[k]["min"]) * torch.rand(3, n_obs, *f.shape, generator=g)
+    raw = {k: torch.rand(3, n_obs, *f.shape, generator=g) if f.type == FeatureType.VISUAL else
+           stats[k]["min"] + (stats[k]["max"] - stats[k]["min"]) * torch.rand(3, n_obs, *f.shape, generator=g)
            for k, f in inputs.items()}
     noise = torch.randn(3, cfg.horizon, 2, generator=g)
     drawn = []
@@ -77,8 +87,10 @@ def build(name: str, case: dict, out: Path) -> None:
     ddpm_module.randn_tensor = recording
     try:
         batch = pre(dict(raw))
+        if cfg.image_features:  # what DiffusionPolicy.select_action does before generate_actions
+            batch["observation.images"] = torch.stack([batch[k] for k in cfg.image_features], dim=-4)
         with torch.no_grad():
-            actions = policy.diffusion.generate_actions({k: batch[k] for k in inputs}, noise=noise.clone())
+            actions = policy.diffusion.generate_actions(dict(batch), noise=noise.clone())
         chunk = post(actions)
     finally:
         ddpm_module.randn_tensor = original
@@ -91,5 +103,6 @@ def build(name: str, case: dict, out: Path) -> None:
 
 if __name__ == "__main__":
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures/lerobot")
-    for name, case in CASES.items():
+    cases = IMAGE_CASE if "--image" in sys.argv else CASES  # --image: the 45 MB image policy (kept out of git)
+    for name, case in cases.items():
         build(name, case, out)

@@ -109,14 +109,15 @@ def test_act_refuses_bad_observations_in_one_line(compiled):
         assert "\n" not in str(e.value)
 
 
-def test_image_policies_and_passes_are_refused_before_work(tmp_path, run_cli):
+def test_unsupported_policies_and_passes_are_refused_before_work(tmp_path, run_cli):
     folder = tmp_path / "img"
     shutil.copytree(FIXTURES / "env4-ddim", folder)
     config = json.loads((folder / "config.json").read_text())
     config["input_features"]["observation.image"] = {"type": "VISUAL", "shape": [3, 96, 96]}
+    config["resize_shape"] = [64, 64]
     (folder / "config.json").write_text(json.dumps(config))
     code, _, err = run_cli("compress", str(folder), "--out", tmp_path / "a.dmc")
-    assert code == 2 and "image observations" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "resize_shape is not supported" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli("compress", str(FIXTURES / "env4-ddim"), "--int8", "--out", tmp_path / "b.dmc")
     assert code == 2 and "not supported for policies yet" in err
     assert not (tmp_path / "a.dmc").exists() and not (tmp_path / "b.dmc").exists()
@@ -139,3 +140,86 @@ def test_inspect_shows_the_policy_and_image_commands_refuse_it(compiled, run_cli
     for command in ("run", "eval", "bench"):
         code, _, err = run_cli(command, art)
         assert code == 2 and "is a robot policy" in err and len(err.strip().splitlines()) == 1
+
+
+def write_image_policy(folder: Path, separate_cameras: bool = False) -> None:
+    """A random-weight image policy in LeRobot's saved layout (config from the keypoints fixture, two
+    cameras at 64x64 with a 56x56 crop: a 2x2 feature map for the soft-argmax; MEAN_STD image
+    statistics), weights from dmc's own modules."""
+    import torch
+    from safetensors.torch import save_file
+
+    from dmc.policies.lerobot import read_policy
+    from dmc.policies.model import build_unet
+    from dmc.policies.vision import RgbEncoder
+
+    shutil.copytree(FIXTURES / "keypoints-ddpm", folder)
+    (folder / "golden.safetensors").unlink()
+    config = json.loads((folder / "config.json").read_text())
+    cams = ["observation.images.top", "observation.images.wrist"]
+    for cam in cams:
+        config["input_features"][cam] = {"type": "VISUAL", "shape": [3, 64, 64]}
+    config.update(crop_shape=[56, 56], spatial_softmax_num_keypoints=8,
+                  use_separate_rgb_encoder_per_camera=separate_cameras,
+                  noise_scheduler_type="DDIM", num_inference_steps=4)
+    (folder / "config.json").write_text(json.dumps(config))
+    pre = json.loads((folder / "policy_preprocessor.json").read_text())
+    stats_file = folder / next(s["state_file"] for s in pre["steps"] if s.get("state_file"))
+    stats = {k: torch.from_numpy(v) for k, v in load_file(str(stats_file)).items()}
+    for cam in cams:
+        stats[f"{cam}.mean"] = torch.tensor([0.4, 0.5, 0.6]).reshape(3, 1, 1)
+        stats[f"{cam}.std"] = torch.tensor([0.2, 0.25, 0.3]).reshape(3, 1, 1)
+    save_file(stats, str(stats_file))
+    spec = read_policy(str(folder))
+    torch.manual_seed(0)
+    weights = {f"diffusion.unet.{k}": v for k, v in build_unet(spec).state_dict().items()}
+    for i in range(2 if separate_cameras else 1):
+        enc = RgbEncoder("resnet18", (3, 64, 64), (56, 56), 8, True)
+        prefix = f"diffusion.rgb_encoder.{i}." if separate_cameras else "diffusion.rgb_encoder."
+        weights.update({prefix + k: v if k.endswith("pos_grid") else v + 0.05 * torch.randn_like(v)
+                        for k, v in enc.state_dict().items()})
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(folder / "model.safetensors"))
+
+
+@pytest.mark.parametrize("separate", [False, True])
+def test_image_policy_compiles_and_acts(tmp_path, separate):
+    """Two cameras through a ResNet-18 trunk (GroupNorm) and spatial soft-argmax: compiled, verified
+    against the torch policy, and run from images in [0, 1]."""
+    write_image_policy(tmp_path / "img", separate)
+    out = compile_model(str(tmp_path / "img"), tmp_path / "img.dmc", CompileOptions(verify_images=2))
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["verification"]["psnr_db"] >= 60 and m["recipe"]["sampler"] == "ddim"
+    keys = [o["key"] for o in m["policy"]["observations"]]
+    assert keys == ["observation.state", "observation.images.top", "observation.images.wrist",
+                    "observation.environment_state"]  # LeRobot's order of the condition
+    policy = load(out)
+    rng = np.random.default_rng(0)
+    obs = {"observation.state": rng.uniform(0, 500, (2, 2)),
+           "observation.environment_state": rng.uniform(0, 500, (2, 16)),
+           "observation.images.top": rng.uniform(0, 1, (2, 3, 64, 64)),
+           "observation.images.wrist": rng.uniform(0, 1, (2, 3, 64, 64))}
+    a = policy.act(obs, seed=0)
+    assert a.shape == (4, 2) and np.isfinite(a).all()
+    blob = np.zeros((2, 3, 64, 64))
+    blob[..., 4:24, 40:60] = 1.0  # a bright patch in one corner: the soft-argmax keypoints move
+    cond, _ = policy.condition(obs)
+    moved, _ = policy.condition(dict(obs, **{"observation.images.wrist": blob}))
+    per_step = 2 + 16 + 2 * 16  # state, environment, two cameras of 8 keypoints (x, y)
+    changed = np.flatnonzero(np.abs(moved - cond)[0] > 1e-6) % per_step
+    assert set(changed) and set(changed) <= set(range(2 + 16, 2 + 32))  # only the wrist camera's features
+
+
+LEROBOT_IMAGE_FIXTURE = "DMC_LEROBOT_IMAGE_POLICY"
+
+
+def test_image_policy_acts_as_lerobot(tmp_path):
+    """Against LeRobot's own image policy (45 MB, not in git): set DMC_LEROBOT_IMAGE_POLICY to the folder
+    ``python scripts/make_lerobot_fixture.py DIR --image`` writes (DIR/image-ddim)."""
+    import os
+
+    folder = os.environ.get(LEROBOT_IMAGE_FIXTURE)
+    if not folder:
+        pytest.skip(f"{LEROBOT_IMAGE_FIXTURE} is not set (LeRobot's 45 MB image policy is not shipped)")
+    g = load_file(str(Path(folder) / "golden.safetensors"))
+    policy = load(compile_model(folder, tmp_path / "lr.dmc", CompileOptions(verify_images=1)))
+    assert np.abs(policy.act(observations(g), noise=g["noise"]) - g["actions"]).max() < 10 * ACTION_TOL

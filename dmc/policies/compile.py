@@ -22,7 +22,7 @@ import numpy as np
 from dmc.artifact import ArtifactWriter, read_manifest
 from dmc.errors import DmcError
 from dmc.policies.lerobot import read_policy
-from dmc.policies.model import DENOISER_INPUTS, load_denoiser, observation_encoder
+from dmc.policies.model import DENOISER_INPUTS, load_denoiser, load_observation_encoder
 from dmc.runtimes.policy import CONDITION, ENCODER_GRAPH, Policy
 from dmc.sampling.recipe import Recipe
 
@@ -64,18 +64,19 @@ def compile_policy(source: str, out: str | Path, options) -> Path:
         spec = read_policy(source)
         recipe = policy_recipe(spec, options)
         denoiser = load_denoiser(spec)
+        encoder = load_observation_encoder(spec)
         shape = (spec.horizon, spec.action.shape[0])
         calls = compile_calls(recipe, spec.schedule, shape)
         g = spec.global_cond_dim
         example = (torch.randn(2, *shape), torch.tensor([50.0, 3.0]), torch.randn(2, g))
         graphs = {"full": export_onnx(denoiser, example, DENOISER_INPUTS, [OUTPUT_NAME], options.opset)}
         obs_example = tuple(torch.randn(2, spec.n_obs_steps, *f.shape) for f in spec.observations)
-        graphs[ENCODER_GRAPH] = export_onnx(observation_encoder(spec), obs_example, [f.input_name for f in spec.observations],
+        graphs[ENCODER_GRAPH] = export_onnx(encoder, obs_example, [f.input_name for f in spec.observations],
                                             [CONDITION], options.opset)
         write_graphs(graphs, writer.root / "graphs", release=True)
         graphs = {n: compact(m) for n, m in graphs.items()}
-        manifest = _manifest(spec, recipe, calls, graphs, denoiser)
-        manifest["verification"] = _verify(spec, denoiser, writer.root, manifest, options.verify_images)
+        manifest = _manifest(spec, recipe, calls, graphs, denoiser, encoder)
+        manifest["verification"] = _verify(spec, denoiser, encoder, writer.root, manifest, options.verify_images)
         return writer.finish(manifest, {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                         "compile_seconds": round(time.time() - started, 1),
                                         "host": platform.node()})
@@ -87,7 +88,7 @@ def _io(value) -> dict:
     return io(value)
 
 
-def _manifest(spec, recipe, calls, graphs, denoiser) -> dict:
+def _manifest(spec, recipe, calls, graphs, denoiser, encoder) -> dict:
     import diffusers
     import onnx
     import torch
@@ -102,7 +103,8 @@ def _manifest(spec, recipe, calls, graphs, denoiser) -> dict:
     return {
         "model": {"class": "DiffusionConditionalUnet1d", "family": "policy", "architecture": "lerobot-diffusion",
                   "source": str(spec.folder), "source_sha256": _sha(spec.weights), "config": spec.config,
-                  "parameters": int(sum(p.numel() for p in denoiser.parameters())),
+                  "parameters": int(sum(p.numel() for p in denoiser.parameters())
+                                    + sum(p.numel() for p in encoder.parameters())),
                   "sample_shape": [spec.horizon, spec.action.shape[0]], "conditioning": cond,
                   "config_assumptions": []},
         "policy": spec.section(),
@@ -139,18 +141,20 @@ def verification_observations(spec, n: int, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng([seed, 0x0B5])
     obs = {}
     for f in spec.observations:
+        if f.type == "VISUAL":  # pixel values in [0, 1], as cameras give them to LeRobot
+            obs[f.key] = rng.uniform(0, 1, (n, spec.n_obs_steps, *f.shape)).astype(np.float32)
+            continue
         unit = rng.uniform(-1, 1, (n, spec.n_obs_steps, *f.shape)).astype(np.float32)
         obs[f.key] = normalize(unit, spec.normalization[f.key], spec.normalization_eps, inverse=True)
     return obs
 
 
-def torch_policy(spec, denoiser, manifest_data: dict):
+def torch_policy(spec, denoiser, encoder, manifest_data: dict):
     """The torch policy driven by the artifact's own sampler loop: the verification reference."""
     from dmc.artifact.manifest import Manifest
     from dmc.compress.torch_executor import TorchExecutor
     from dmc.runtimes.pipeline import Pipeline
 
-    encoder = observation_encoder(spec)
     executor = TorchExecutor({"full": denoiser, ENCODER_GRAPH: encoder},
                              {"full": DENOISER_INPUTS, ENCODER_GRAPH: [f.input_name for f in spec.observations]},
                              {"full": [OUTPUT_NAME], ENCODER_GRAPH: [CONDITION]})
@@ -158,7 +162,7 @@ def torch_policy(spec, denoiser, manifest_data: dict):
     return Policy(manifest, Pipeline.from_manifest(manifest, executor))
 
 
-def _verify(spec, denoiser, root: Path, manifest: dict, n: int) -> dict:
+def _verify(spec, denoiser, encoder, root: Path, manifest: dict, n: int) -> dict:
     import json
 
     from dmc.artifact.writer import MANIFEST
@@ -169,7 +173,7 @@ def _verify(spec, denoiser, root: Path, manifest: dict, n: int) -> dict:
     from dmc.runtimes.policy import normalize
 
     obs = verification_observations(spec, n, VERIFY_SEED)
-    want = torch_policy(spec, denoiser, manifest).act(obs, seed=VERIFY_SEED)
+    want = torch_policy(spec, denoiser, encoder, manifest).act(obs, seed=VERIFY_SEED)
     (root / MANIFEST).write_text(json.dumps({"format": "dmc-artifact", "format_version": 1, **manifest, "files": {}}))
     try:
         m = read_manifest(root, verify=False)

@@ -89,8 +89,17 @@ class PolicySpec:
         return int(steps) if steps else int(self.schedule["num_train_timesteps"])
 
     @property
+    def images(self) -> list[Feature]:
+        return [f for f in self.observations if f.type == VISUAL]
+
+    @property
+    def image_feature_dim(self) -> int:
+        return 2 * int(self.config.get("spatial_softmax_num_keypoints", 32))
+
+    @property
     def global_cond_dim(self) -> int:
-        return self.n_obs_steps * sum(int(np.prod(f.shape)) for f in self.observations)
+        per_step = sum(self.image_feature_dim if f.type == VISUAL else int(np.prod(f.shape)) for f in self.observations)
+        return self.n_obs_steps * per_step
 
     def section(self) -> dict:
         """The manifest's ``policy`` section (the runtime's contract, ``dmc.runtimes.policy``)."""
@@ -157,6 +166,19 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
     return {k: np.asarray(v, dtype=np.float32) for k, v in load_file(str(path)).items()}
 
 
+def _check_vision(folder: Path, config: dict, images: list[Feature]) -> None:
+    from dmc.policies.vision import BLOCKS
+
+    backbone = config.get("vision_backbone", "resnet18")
+    if backbone not in BLOCKS:
+        raise DmcError(f"{folder}: vision_backbone {backbone!r} is not supported (supported: {', '.join(BLOCKS)})")
+    if config.get("resize_shape"):
+        raise DmcError(f"{folder}: resize_shape is not supported yet (its antialiased resize is not exported); "
+                       "only crop_shape")
+    if len({f.shape for f in images}) != 1 or len(images[0].shape) != 3:
+        raise DmcError(f"{folder}: every camera must give [C, H, W] images of one shape")
+
+
 def read_policy(source: str) -> PolicySpec:
     """The checked spec of a LeRobot policy folder (refuses what dmc cannot compile, in one line)."""
     folder = Path(source)
@@ -167,16 +189,16 @@ def read_policy(source: str) -> PolicySpec:
     inputs, outputs = _features(config, "input_features"), _features(config, "output_features")
     images = [f for f in inputs if f.type == VISUAL]
     if images:
-        raise DmcError(f"{folder}: image observations ({images[0].key}) are not supported yet; dmc compiles "
-                       "diffusion policies on state and environment-state observations")
+        _check_vision(folder, config, images)
     by_key = {f.key: f for f in inputs}
     if STATE not in by_key:
         raise DmcError(f"{folder}: a diffusion policy needs {STATE!r} among its input_features")
-    others = sorted(set(by_key) - {STATE, ENV})
+    others = sorted(set(by_key) - {STATE, ENV} - {f.key for f in images})
     if others:
         raise DmcError(f"{folder}: input feature {others[0]!r} is not one a diffusion policy uses "
                        f"({STATE}, {ENV}, images)")
-    observations = [by_key[STATE]] + ([by_key[ENV]] if ENV in by_key else [])
+    # LeRobot's order of the condition: state, each camera's features, environment state
+    observations = [by_key[STATE]] + images + ([by_key[ENV]] if ENV in by_key else [])
     actions = [f for f in outputs if f.key == "action"]
     if len(actions) != 1 or len(actions[0].shape) != 1:
         raise DmcError(f"{folder}: output_features must hold one 'action' vector")
@@ -208,7 +230,9 @@ def read_policy(source: str) -> PolicySpec:
         if lacking:
             raise DmcError(f"{folder}: no {lacking[0]!r} statistic for {f.key} ({mode} normalisation); "
                            f"looked in {origin}")
-        normalization[f.key] = {"mode": mode, **{s: have[s].reshape(f.shape).tolist() for s in need}}
+        # image statistics are per channel ([C, 1, 1]) and broadcast; the others have the feature's shape
+        keep = (lambda a: a) if f.type == VISUAL else (lambda a, shape=f.shape: a.reshape(shape))
+        normalization[f.key] = {"mode": mode, **{s: keep(have[s]).tolist() for s in need}}
     header, _ = read_header(weights)
     if not any(k.startswith("diffusion.unet.") for k in header):
         raise DmcError(f"{folder}: {WEIGHTS} holds no diffusion.unet.* weights")

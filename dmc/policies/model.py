@@ -1,9 +1,10 @@
 """The torch side of a diffusion policy: the denoiser and the observation encoder, as graphs see them.
 
 ``Denoiser``: ``(sample [B, horizon, action_dim], timestep [B], global_cond [B, G]) -> prediction``,
-the graph the sampler calls. ``ObservationEncoder``: the normalised observation history of each
-feature, ``[B, n_obs_steps, dim]`` in the spec's order, concatenated per step and flattened, as
-LeRobot's ``_prepare_global_conditioning`` does (its own graph, so image encoders plug in here).
+the graph the sampler calls. The observation encoder takes the normalised history of each feature
+in the spec's order (``[B, n_obs_steps, dim]``; images ``[B, n_obs_steps, C, H, W]``), runs each
+camera through its image encoder, concatenates per step and flattens, as LeRobot's
+``_prepare_global_conditioning`` does.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 
 from dmc.errors import DmcError
-from dmc.policies.lerobot import PolicySpec
+from dmc.policies.lerobot import VISUAL, PolicySpec
 from dmc.policies.unet1d import ConditionalUnet1d
 
 DENOISER_INPUTS = ["sample", "timestep", "global_cond"]
@@ -27,19 +28,62 @@ class Denoiser(nn.Module):
         return self.unet(sample, timestep, global_cond)
 
 
-class StateEncoder(nn.Module):
-    def forward(self, state):
-        return state.flatten(1)
+class ObservationEncoderBase(nn.Module):
+    """``encode(features)``; ``image_encoders[i]`` encodes the i-th image feature (shared modules allowed)."""
+
+    def __init__(self, kinds: list[str], image_encoders: list[nn.Module]):
+        super().__init__()
+        self.kinds = kinds
+        self.image_encoders = nn.ModuleList(image_encoders)
+
+    def encode(self, features):
+        parts, cams = [], iter(range(len(self.image_encoders)))
+        for kind, x in zip(self.kinds, features):
+            if kind == VISUAL:
+                b, s = x.shape[:2]
+                parts.append(self.image_encoders[next(cams)](x.flatten(0, 1)).reshape(b, s, -1))
+            else:
+                parts.append(x)
+        return torch.cat(parts, dim=-1).flatten(1)
 
 
-class StateEnvironmentEncoder(nn.Module):
-    def forward(self, state, environment_state):
-        return torch.cat([state, environment_state], dim=-1).flatten(1)
+def observation_encoder(spec: PolicySpec, image_encoders: list[nn.Module] | None = None) -> nn.Module:
+    """The encoder of the spec's observations, with one positional input per feature: the exporter
+    maps graph inputs positionally and ``torch.export`` does not take ``*args``, so ``forward`` gets
+    an explicit signature of that arity."""
+    names = [f"x{i}" for i in range(len(spec.observations))]
+    namespace: dict = {}
+    exec(f"def forward(self, {', '.join(names)}):\n    return self.encode([{', '.join(names)}])", namespace)
+    cls = type(f"ObservationEncoder{len(names)}", (ObservationEncoderBase,), {"forward": namespace["forward"]})
+    return cls([f.type for f in spec.observations], image_encoders or []).eval()
 
 
-def observation_encoder(spec: PolicySpec) -> nn.Module:
-    """The encoder for the spec's observations (fixed arity: the exporter maps inputs positionally)."""
-    return StateEncoder() if len(spec.observations) == 1 else StateEnvironmentEncoder()
+def load_observation_encoder(spec: PolicySpec) -> nn.Module:
+    """The observation encoder with the folder's ``diffusion.rgb_encoder.*`` weights (one shared encoder,
+    or one per camera with ``use_separate_rgb_encoder_per_camera``)."""
+    if not spec.images:
+        return observation_encoder(spec)
+    from safetensors.torch import load_file
+
+    from dmc.policies.vision import RgbEncoder
+
+    c = spec.config
+    crop = tuple(c["crop_shape"]) if c.get("crop_shape") else None
+    make = lambda: RgbEncoder(c.get("vision_backbone", "resnet18"), spec.images[0].shape, crop,  # noqa: E731
+                              int(c.get("spatial_softmax_num_keypoints", 32)), bool(c.get("use_group_norm", True)))
+    separate = bool(c.get("use_separate_rgb_encoder_per_camera", False))
+    weights = {k[len("diffusion.rgb_encoder."):]: v for k, v in load_file(str(spec.weights)).items()
+               if k.startswith("diffusion.rgb_encoder.")}
+    if separate:
+        encoders = [make() for _ in spec.images]
+        for i, enc in enumerate(encoders):
+            _load_checked(enc, {k[len(f"{i}."):]: v for k, v in weights.items() if k.startswith(f"{i}.")},
+                          spec, f"diffusion.rgb_encoder.{i}.")
+    else:
+        shared = make()
+        _load_checked(shared, weights, spec, "diffusion.rgb_encoder.")
+        encoders = [shared] * len(spec.images)
+    return observation_encoder(spec, encoders).requires_grad_(False)
 
 
 def build_unet(spec: PolicySpec) -> ConditionalUnet1d:
@@ -54,19 +98,25 @@ def load_denoiser(spec: PolicySpec) -> Denoiser:
     """The denoiser with the folder's ``diffusion.unet.*`` weights (every tensor checked by name and shape)."""
     from safetensors.torch import load_file
 
-    from dmc.models.loading import check_finite_weights
-
     unet = build_unet(spec)
     state = {k[len("diffusion.unet."):]: v for k, v in load_file(str(spec.weights)).items()
              if k.startswith("diffusion.unet.")}
+    _load_checked(unet, state, spec, "diffusion.unet.")
+    return Denoiser(unet).eval().requires_grad_(False)
+
+
+def _load_checked(module: nn.Module, state: dict, spec: PolicySpec, prefix: str) -> None:
+    """Every tensor by name and shape (a mismatch names the first offender), finite, then loaded."""
+    from dmc.models.loading import check_finite_weights
+
     check_finite_weights(state, str(spec.folder))
-    want = {k: tuple(v.shape) for k, v in unet.state_dict().items()}
+    want = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in state.items()}
     missing, unexpected = sorted(set(want) - set(got)), sorted(set(got) - set(want))
     wrong = sorted(k for k in set(want) & set(got) if want[k] != got[k])
     if missing or unexpected or wrong:
         k = (wrong or missing or unexpected)[0]
-        raise DmcError(f"{spec.weights}: the UNet weights do not match config.json ({len(missing)} missing, "
-                       f"{len(unexpected)} unexpected, {len(wrong)} with wrong shapes; e.g. diffusion.unet.{k})")
-    unet.load_state_dict({k: v.to(torch.float32) for k, v in state.items()})
-    return Denoiser(unet).eval().requires_grad_(False)
+        raise DmcError(f"{spec.weights}: the {prefix}* weights do not match config.json ({len(missing)} missing, "
+                       f"{len(unexpected)} unexpected, {len(wrong)} with wrong shapes; e.g. {prefix}{k})")
+    module.load_state_dict({k: v if v.dtype == torch.int64 else v.to(torch.float32) for k, v in state.items()})
+    module.eval()
