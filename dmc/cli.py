@@ -129,6 +129,8 @@ def _step_plan(sampler: str, sampler_given: bool, steps, calls):
               help="Image size in pixels (static shapes; default: the model's own).")
 @click.option("--calib-prompts", type=click.Path(), default=None,
               help="Text-to-image: calibration prompts, one per line (default: dmc's built-in set).")
+@click.option("--calib-observations", type=click.Path(dir_okay=False), default=None,
+              help="Policies: INT8 calibration observation histories (.npz, one [N, n_obs_steps, ...] array per key).")
 @click.option("--cache-method", type=click.Choice(["reuse", "forecast"]), default=None,
               help="reuse the last computed feature (default) or forecast it (TaylorSeer extrapolation).")
 @click.option("--forecast-order", type=click.IntRange(1, 2), default=None, help="Forecast order (default 1).")
@@ -184,6 +186,8 @@ def compress(model, out, sampler, steps, guidance, seed, config_path, int8, cach
         raise DmcError(f"--fidelity-floor must be a finite number of dB, got {opts['fidelity_floor']}")
     if opts.get("size"):
         options.image_size = tuple(opts["size"])
+    if opts.get("calib_observations"):
+        options.calib_observations = opts["calib_observations"]
     if opts.get("calib_prompts"):
         from dmc.runtimes.text2image import read_prompts
 

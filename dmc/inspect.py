@@ -45,8 +45,8 @@ def describe(artifact: str | Path, schedule_png: str | None = None) -> dict:
     from dmc.runtimes.policy import describe_policy
     from dmc.runtimes.text2image import describe_parts
 
-    info["pipeline"] = describe_parts(manifest)
     info["policy"] = describe_policy(manifest)
+    info["pipeline"] = None if info["policy"] else describe_parts(manifest)
     from dmc.sampling.step_plan import describe as describe_steps
 
     info["steps"] = describe_steps(d)

@@ -118,7 +118,7 @@ def test_unsupported_policies_and_passes_are_refused_before_work(tmp_path, run_c
     (folder / "config.json").write_text(json.dumps(config))
     code, _, err = run_cli("compress", str(folder), "--out", tmp_path / "a.dmc")
     assert code == 2 and "resize_shape is not supported" in err and len(err.strip().splitlines()) == 1
-    code, _, err = run_cli("compress", str(FIXTURES / "env4-ddim"), "--int8", "--out", tmp_path / "b.dmc")
+    code, _, err = run_cli("compress", str(FIXTURES / "env4-ddim"), "--cache", "--out", tmp_path / "b.dmc")
     assert code == 2 and "not supported for policies yet" in err
     assert not (tmp_path / "a.dmc").exists() and not (tmp_path / "b.dmc").exists()
 
@@ -223,3 +223,38 @@ def test_image_policy_acts_as_lerobot(tmp_path):
     g = load_file(str(Path(folder) / "golden.safetensors"))
     policy = load(compile_model(folder, tmp_path / "lr.dmc", CompileOptions(verify_images=1)))
     assert np.abs(policy.act(observations(g), noise=g["noise"]) - g["actions"]).max() < 10 * ACTION_TOL
+
+
+def test_int8_policy_calibrated_on_recorded_observations(tmp_path, run_cli):
+    """--int8 runs the image models' quantize pass on the denoiser, its trajectories conditioned on the
+    histories in --calib-observations; the artifact verifies against the FP32 torch policy and acts."""
+    g = golden("keypoints-ddpm")
+    obs = observations(g)
+    calib = tmp_path / "obs.npz"
+    np.savez(calib, **{k: np.repeat(v, 4, axis=0) for k, v in obs.items()})
+    out = tmp_path / "q.dmc"
+    code, text, err = run_cli("compress", str(FIXTURES / "keypoints-ddpm"), "--int8", "--calib-observations", calib,
+                              "--out", out)
+    assert code == 0, err
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["precision"] == "int8" and m["graphs"]["full"]["precision"] == "int8"
+    assert m["graphs"][ENCODER_GRAPH]["precision"] == "fp32"
+    assert m["verification"]["psnr_db"] >= m["verification"]["floor_psnr_db"] == 25.0
+    assert not any("synthetic" in w for w in m["warnings"])  # calibrated on the recorded histories
+    assert m["verification"]["observations"] == "held-out recorded histories" and m["verification"]["chunks"] == 2
+    q = next(p for p in m["passes"] if p["name"] == "quantize")
+    assert q["calibration"]["states"] > 0
+    code, text, _ = run_cli("inspect", out)
+    assert code == 0 and "int8       full" in text
+    fp32 = load(compile_model(str(FIXTURES / "keypoints-ddpm"), tmp_path / "f.dmc", CompileOptions(verify_images=1)))
+    a, b = load(out).act(obs, seed=0), fp32.act(obs, seed=0)
+    assert a.shape == b.shape == (3, 4, 2) and 0 < np.abs(a - b).max() < 100  # close to FP32, not equal
+
+
+def test_bad_calibration_observations_are_refused(tmp_path, run_cli):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, **{"observation.state": np.zeros((4, 2, 2))})  # no environment state
+    code, _, err = run_cli("compress", str(FIXTURES / "keypoints-ddpm"), "--int8", "--calib-observations", bad,
+                           "--out", tmp_path / "x.dmc")
+    assert code == 2 and "no array 'observation.environment_state'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.dmc").exists()

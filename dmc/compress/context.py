@@ -63,8 +63,9 @@ class CompileContext:
         return pipe if conditions is None else conditions.wrap(pipe)
 
     @property
-    def sample_shape(self) -> tuple[int, int, int]:
-        c, h, w = self.adapter.sample_shape
-        if self.recipe.resolution:
-            h, w = self.recipe.resolution
-        return (c, h, w)
+    def sample_shape(self) -> tuple[int, ...]:
+        """``(C, H, W)`` of an image model (``--size`` applied); a policy's ``(horizon, action_dim)``."""
+        shape = tuple(self.adapter.sample_shape)
+        if self.recipe.resolution and len(shape) == 3:
+            return (shape[0], *self.recipe.resolution)
+        return shape

@@ -47,6 +47,7 @@ class CompileOptions:
     fidelity_floor: float | None = None  # PSNR (dB) verification refuses below; None: the passes' own floor
     sampler_follows_schedule: bool = False  # the sampler was not chosen: a flow-matching model gets flow-euler
     steps_follow_model: bool = False  # --steps was not given: a policy samples at its own num_inference_steps
+    calib_observations: str | None = None  # a policy's INT8 calibration histories (.npz, dmc.policies.conditions)
     int8_parts: tuple[str, ...] = ()  # text-to-image: "text" and/or "vae" get INT8 too (dmc.quantize.parts)
     # verification frees the torch weights before ONNX Runtime opens (a big model is never held twice);
     # True keeps them for callers that run the context's torch pipelines after compiling

@@ -1,4 +1,4 @@
-"""``compile_policy``: a LeRobot diffusion policy folder -> a policy artifact (FP32).
+"""``compile_policy``: a LeRobot diffusion policy folder -> a policy artifact (FP32 or ``--int8``).
 
 Graphs: ``full``, the denoiser the sampler calls (``sample [B, horizon, action_dim]``,
 ``timestep``, ``global_cond``), and ``observation_encoder`` (normalised observation history ->
@@ -6,9 +6,15 @@ Graphs: ``full``, the denoiser the sampler calls (``sample [B, horizon, action_d
 never guessed) at its ``num_inference_steps``, compiled into the call table. The manifest's
 ``policy`` section carries features, normalisation and chunking (``dmc.runtimes.policy``).
 
-Verification: the artifact's actions against the torch policy's, through the same sampler loop,
-noise and observations (random observations inside the normalised range), on the denoiser's
-normalised action scale; refused below the fidelity floor.
+``--int8`` runs the same quantize pass as image models (PTQ4DM on the denoiser's own trajectories)
+through a ``CompileContext`` whose adapter is the denoiser; the trajectories are conditioned on
+calibration observations (``--calib-observations FILE.npz`` recorded on the robot, else synthetic
+ones spread over the normalised range, with a warning). The observation encoder stays FP32.
+
+Verification: the artifact's actions against the FP32 torch policy's, through the same sampler
+loop, noise and observations (random observations inside the normalised range, held out from
+calibration), on the denoiser's normalised action scale; refused below the fidelity floor (the
+passes' own: 60 dB FP32, 25 dB INT8).
 """
 
 from __future__ import annotations
@@ -27,13 +33,18 @@ from dmc.runtimes.policy import CONDITION, ENCODER_GRAPH, Policy
 from dmc.sampling.recipe import Recipe
 
 OUTPUT_NAME = "prediction"
-FP32_FLOOR_PSNR = 60.0
 VERIFY_SEED = 0
 
 
+CALIB_SEED = 1  # synthetic calibration observations: a stream apart from verification's
+
+
 def _refuse_options(options) -> None:
-    if options.passes:
-        raise DmcError("--int8, --cache and --prune are not supported for policies yet (FP32 only)")
+    from dmc.quantize import QuantizeConfig
+
+    other = [type(p).__name__ for p in options.passes if not isinstance(p, QuantizeConfig)]
+    if other:
+        raise DmcError("--cache, --prune and --steps auto are not supported for policies yet (FP32 and --int8 are)")
     if options.int8_parts or options.image_size:
         raise DmcError("--int8-parts and --size do not apply to a policy")
 
@@ -65,18 +76,29 @@ def compile_policy(source: str, out: str | Path, options) -> Path:
         recipe = policy_recipe(spec, options)
         denoiser = load_denoiser(spec)
         encoder = load_observation_encoder(spec)
-        shape = (spec.horizon, spec.action.shape[0])
-        calls = compile_calls(recipe, spec.schedule, shape)
-        g = spec.global_cond_dim
-        example = (torch.randn(2, *shape), torch.tensor([50.0, 3.0]), torch.randn(2, g))
-        graphs = {"full": export_onnx(denoiser, example, DENOISER_INPUTS, [OUTPUT_NAME], options.opset)}
+        calls = compile_calls(recipe, spec.schedule, denoiser.sample_shape)
+        full = export_onnx(denoiser, denoiser.example_inputs(2), DENOISER_INPUTS, [OUTPUT_NAME], options.opset)
+        ctx = _context(spec, denoiser, recipe, calls, full, options)
+        verify_obs = None
+        if options.passes:
+            from dmc.compress.passes import run_passes
+            from dmc.compress.plan import complete_plan, with_seed
+
+            ctx.prompt_conditions, verify_obs = calibration_conditions(spec, encoder, options, ctx.warnings)
+            run_passes(ctx, with_seed(complete_plan(options.passes), recipe.seed))
+        if options.fidelity_floor is not None:
+            ctx.fidelity_floor_psnr = float(options.fidelity_floor)
         obs_example = tuple(torch.randn(2, spec.n_obs_steps, *f.shape) for f in spec.observations)
+        graphs = {n: g.onnx for n, g in ctx.graphs.items()}
         graphs[ENCODER_GRAPH] = export_onnx(encoder, obs_example, [f.input_name for f in spec.observations],
                                             [CONDITION], options.opset)
         write_graphs(graphs, writer.root / "graphs", release=True)
         graphs = {n: compact(m) for n, m in graphs.items()}
-        manifest = _manifest(spec, recipe, calls, graphs, denoiser, encoder)
-        manifest["verification"] = _verify(spec, denoiser, encoder, writer.root, manifest, options.verify_images)
+        if ctx.tables:
+            np.savez(writer.root / "tables.npz", **ctx.tables)
+        manifest = _manifest(spec, ctx, graphs, encoder)
+        manifest["verification"] = _verify(spec, denoiser, encoder, writer.root, manifest, options.verify_images,
+                                           ctx.fidelity_floor_psnr, verify_obs)
         return writer.finish(manifest, {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                         "compile_seconds": round(time.time() - started, 1),
                                         "host": platform.node()})
@@ -88,40 +110,89 @@ def _io(value) -> dict:
     return io(value)
 
 
-def _manifest(spec, recipe, calls, graphs, denoiser, encoder) -> dict:
+def _context(spec, denoiser, recipe, calls, full, options):
+    """What the compile passes share, with the denoiser as the adapter and the policy as the model."""
+    from dmc.compress.context import CompileContext, GraphVariant
+    from dmc.models.loading import LoadedModel
+
+    loaded = LoadedModel(denoiser, "DiffusionConditionalUnet1d", spec.config, spec.schedule, str(spec.folder),
+                         spec.weights, _sha(spec.weights), family="policy",
+                         scheduler_origin=str(spec.folder / "config.json"))
+    ctx = CompileContext(loaded, denoiser, recipe, calls, progress=options.progress, device="cpu")
+    ctx.graphs["full"] = GraphVariant(full, denoiser, list(DENOISER_INPUTS), [OUTPUT_NAME],
+                                      "the denoiser (conditional 1D UNet)")
+    return ctx
+
+
+def calibration_conditions(spec, encoder, options, warnings: list):
+    """(the denoiser's condition per calibration trajectory, verification observations or None).
+
+    Recorded histories (``--calib-observations``) are split: the last fifth (at least one) is held out
+    to verify on, the rest calibrates, so both come from the robot's distribution. Without a file,
+    synthetic histories over the normalised range calibrate and verification draws its own."""
+    from dmc.policies.conditions import ObservationConditions, read_observations
+
+    path = getattr(options, "calib_observations", None)
+    if not path:
+        warnings.append("INT8 calibrated on synthetic observations (uniform over the normalised range); pass "
+                        "--calib-observations FILE.npz recorded on the robot for representative activation ranges")
+        return ObservationConditions(encode(spec, encoder, verification_observations(spec, 64, CALIB_SEED)),
+                                     "synthetic"), None
+    obs = read_observations(path, spec)
+    n = len(next(iter(obs.values())))
+    held = max(1, n // 5)
+    if n < 2:
+        warnings.append(f"{path}: one history only; it both calibrates and verifies")
+        return ObservationConditions(encode(spec, encoder, obs), str(path)), obs
+    calib = {k: v[: n - held] for k, v in obs.items()}
+    return ObservationConditions(encode(spec, encoder, calib), str(path)), {k: v[n - held:] for k, v in obs.items()}
+
+
+def encode(spec, encoder, obs: dict) -> np.ndarray:
+    """Normalised observations through the torch encoder: ``[n, global_cond_dim]``."""
+    import torch
+
+    from dmc.runtimes.policy import normalize
+
+    feeds = [torch.from_numpy(normalize(np.asarray(obs[f.key], np.float32), spec.normalization[f.key],
+                                        spec.normalization_eps).astype(np.float32)) for f in spec.observations]
+    with torch.inference_mode():
+        return encoder(*feeds).numpy()
+
+
+def _manifest(spec, ctx, graphs, encoder) -> dict:
     import diffusers
     import onnx
     import torch
 
     import dmc
 
-    cond = {"kind": "embedding", "num_classes": 0, "null_class": None, "embedding_shape": None,
-            "inputs": [{"name": CONDITION, "shape": [spec.global_cond_dim], "dtype": "float32", "uncond": "zeros",
-                        "default": None}]}
-    computes = {"full": "the denoiser (conditional 1D UNet)",
+    recipe, denoiser = ctx.recipe, ctx.adapter
+    computes = {**{n: g.computes for n, g in ctx.graphs.items()},
                 ENCODER_GRAPH: "normalised observation history -> the denoiser's condition"}
+    precision = {**{n: g.precision for n, g in ctx.graphs.items()}, ENCODER_GRAPH: "fp32"}
     return {
         "model": {"class": "DiffusionConditionalUnet1d", "family": "policy", "architecture": "lerobot-diffusion",
                   "source": str(spec.folder), "source_sha256": _sha(spec.weights), "config": spec.config,
                   "parameters": int(sum(p.numel() for p in denoiser.parameters())
                                     + sum(p.numel() for p in encoder.parameters())),
-                  "sample_shape": [spec.horizon, spec.action.shape[0]], "conditioning": cond,
+                  "sample_shape": list(denoiser.sample_shape), "conditioning": denoiser.conditioning().to_json(),
                   "config_assumptions": []},
         "policy": spec.section(),
         "recipe": recipe.to_json(),
         "training_schedule": spec.schedule,
         "training_schedule_origin": str(spec.folder / "config.json"),
-        "sampler": {"calls": [c.to_json() for c in calls]},
-        "graphs": {name: {"file": f"graphs/{name}.onnx", "computes": computes[name], "precision": "fp32",
+        "sampler": {"calls": [c.to_json() for c in ctx.calls]},
+        "graphs": {name: {"file": f"graphs/{name}.onnx", "computes": computes[name], "precision": precision[name],
                           "inputs": [_io(i) for i in g.graph.input], "outputs": [_io(o) for o in g.graph.output]}
                    for name, g in graphs.items()},
         "weights": "graphs/weights.bin",
-        "tables": None,
-        "precision": "fp32",
-        "target": "ort-cpu",
-        "backend": "onnxruntime",
-        "passes": [],
-        "warnings": [],
+        "tables": "tables.npz" if ctx.tables else None,
+        "precision": ctx.precision,
+        "target": ctx.target,
+        "backend": ctx.backend,
+        "passes": ctx.passes,
+        "warnings": list(ctx.warnings),
         "provenance": {"dmc": dmc.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
                        "diffusers": diffusers.__version__, "python": platform.python_version(),
                        "seed": recipe.seed},
@@ -162,23 +233,29 @@ def torch_policy(spec, denoiser, encoder, manifest_data: dict):
     return Policy(manifest, Pipeline.from_manifest(manifest, executor))
 
 
-def _verify(spec, denoiser, encoder, root: Path, manifest: dict, n: int) -> dict:
+def _verify(spec, denoiser, encoder, root: Path, manifest: dict, n: int, floor: float,
+            obs: dict | None = None) -> dict:
+    """``obs``: held-out recorded histories (else ``n`` synthetic ones)."""
     import json
 
     from dmc.artifact.writer import MANIFEST
     from dmc.compress.pipeline import check_fidelity
     from dmc.compress.verify_early import paired_psnr
-    from dmc.runtimes.executor import open_executor
+    from dmc.runtimes.executor import cpu_providers, default_backend, open_executor
     from dmc.runtimes.pipeline import Pipeline
     from dmc.runtimes.policy import normalize
 
-    obs = verification_observations(spec, n, VERIFY_SEED)
+    source = "held-out recorded histories" if obs is not None else "synthetic (normalised range)"
+    if obs is None:
+        obs = verification_observations(spec, n, VERIFY_SEED)
+    n = len(next(iter(obs.values())))
     want = torch_policy(spec, denoiser, encoder, manifest).act(obs, seed=VERIFY_SEED)
     (root / MANIFEST).write_text(json.dumps({"format": "dmc-artifact", "format_version": 1, **manifest, "files": {}}))
     try:
         m = read_manifest(root, verify=False)
-        got = Policy(m, Pipeline.from_manifest(m, open_executor("onnxruntime", m, ["CPUExecutionProvider"]))).act(
-            obs, seed=VERIFY_SEED)
+        backend = default_backend(m)  # what load() will use: verify that
+        executor = open_executor(backend, m, providers=cpu_providers(backend))
+        got = Policy(m, Pipeline.from_manifest(m, executor)).act(obs, seed=VERIFY_SEED)
     finally:
         (root / MANIFEST).unlink()
     norm = spec.normalization[spec.action.key]
@@ -186,7 +263,7 @@ def _verify(spec, denoiser, encoder, root: Path, manifest: dict, n: int) -> dict
     if not (np.isfinite(ours).all() and np.isfinite(theirs).all()):
         raise DmcError("verification failed: non-finite actions; nothing was written")
     rmse, psnr = paired_psnr(ours, theirs)
-    check_fidelity(psnr, FP32_FLOOR_PSNR)
-    return {"chunks": n, "backend": "onnxruntime", "rmse": rmse, "psnr_db": min(psnr, 100.0),
-            "max_abs_action_error": float(np.abs(got - want).max()), "floor_psnr_db": FP32_FLOOR_PSNR,
-            "scale": "normalised actions ([-1, 1])"}
+    check_fidelity(psnr, floor)
+    return {"chunks": n, "backend": backend, "rmse": rmse, "psnr_db": min(psnr, 100.0),
+            "max_abs_action_error": float(np.abs(got - want).max()), "floor_psnr_db": floor,
+            "scale": "normalised actions ([-1, 1])", "reference": "the FP32 torch policy", "observations": source}

@@ -20,9 +20,26 @@ DENOISER_INPUTS = ["sample", "timestep", "global_cond"]
 
 
 class Denoiser(nn.Module):
-    def __init__(self, unet: ConditionalUnet1d):
+    """The graph the sampler calls; also the adapter the compile passes see (``dmc.models.adapters``):
+    ``sample_shape`` ``(horizon, action_dim)``, one conditioning input ``global_cond``."""
+
+    family = "policy"
+
+    def __init__(self, unet: ConditionalUnet1d, horizon: int, action_dim: int, cond_dim: int):
         super().__init__()
         self.unet = unet
+        self.model = unet
+        self.sample_shape = (horizon, action_dim)
+        self.cond_dim = cond_dim
+        self.input_names = list(DENOISER_INPUTS)
+
+    def conditioning(self):
+        from dmc.models.adapters import CondInput, Conditioning
+
+        return Conditioning("embedding", inputs=(CondInput("global_cond", (self.cond_dim,)),))
+
+    def example_inputs(self, batch: int = 2) -> tuple:
+        return (torch.randn(batch, *self.sample_shape), torch.linspace(90, 1, batch), torch.randn(batch, self.cond_dim))
 
     def forward(self, sample, timestep, global_cond):
         return self.unet(sample, timestep, global_cond)
@@ -102,7 +119,7 @@ def load_denoiser(spec: PolicySpec) -> Denoiser:
     state = {k[len("diffusion.unet."):]: v for k, v in load_file(str(spec.weights)).items()
              if k.startswith("diffusion.unet.")}
     _load_checked(unet, state, spec, "diffusion.unet.")
-    return Denoiser(unet).eval().requires_grad_(False)
+    return Denoiser(unet, spec.horizon, spec.action.shape[0], spec.global_cond_dim).eval().requires_grad_(False)
 
 
 def _load_checked(module: nn.Module, state: dict, spec: PolicySpec, prefix: str) -> None:

@@ -33,6 +33,8 @@ def describe(artifact_root: str | Path) -> dict:
     profile = target if target in PROFILES else None
     out = {"target": target, "precision": manifest.data.get("precision"), "graphs": {}}
     for name, info in manifest.graphs.items():
+        if info.get("precision") != "int8" and name not in {c.graph for c in manifest.calls}:
+            continue  # an FP32 graph outside the sampler (a policy's observation encoder): not quantized
         path = manifest.graph_path(name)
         model = onnx.load(str(path), load_external_data=True)
         cov = coverage(path)

@@ -40,7 +40,9 @@ from dmc.scratch import scratch_folder
 TIME_EMBEDDING_PATTERNS = ("*time_embedding*", "*time_emb_proj*", "*timestep_embedder*", "*time_proj*",
                            "*class_embedding*", "*class_embedder*", "*add_embedding*", "*.emb.*",
                            "*norm1.linear", "*norm_out.linear", "*norm1_context.linear", "*proj_out_1",
-                           "*adaln*", "*adaLN*")
+                           "*adaln*", "*adaLN*",
+                           # Diffusion Policy: the step-embedding MLP and the FiLM projections (one row per chunk)
+                           "*diffusion_step_encoder*", "*cond_encoder*")
 
 
 @dataclass(eq=False)
