@@ -44,11 +44,18 @@ def variants() -> dict[str, list]:
     }
 
 
-def run(model: str, work: Path, n: int, only: list[str] | None, out_file: Path | None) -> list[dict]:
+def run(model: str, work: Path, n: int, only: list[str] | None, out_file: Path | None,
+        router: dict | None = None) -> list[dict]:
+    """``router``: CacheConfig overrides for the router rows (a smaller training budget on big models)."""
+    import dataclasses
+
     rows = []
     for name, passes in variants().items():
         if only and name not in only:
             continue
+        if router:
+            passes = [dataclasses.replace(p, **router) if getattr(p, "schedule", None) == "router" else p
+                      for p in passes]
         out = work / f"{model}-{name.replace(' ', '_').replace('=', '').replace('(', '').replace(')', '')}.dmc"
         t = time.time()
         compile_model(model, out, CompileOptions(recipe=Recipe(sampler="dpm++2m", steps=STEPS), passes=passes,
@@ -81,11 +88,15 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", help="variant names to run (default: all)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/dmc-cache-schedules"))
     ap.add_argument("--out", type=Path, default=None, help="append each row to this JSON-lines file")
+    ap.add_argument("--router-iterations", type=int, default=None, help="router rows: SDT iterations (default 30)")
+    ap.add_argument("--router-batch", type=int, default=None, help="router rows: trajectories per iteration (4)")
     args = ap.parse_args()
+    router = {k: v for k, v in (("router_iterations", args.router_iterations), ("router_batch", args.router_batch))
+              if v is not None}
     args.work.mkdir(parents=True, exist_ok=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-    rows = [r for m in args.models for r in run(m, args.work, args.n, args.only, args.out)]
+    rows = [r for m in args.models for r in run(m, args.work, args.n, args.only, args.out, router)]
     print(f"\n| model | variant | schedule | cost | PSNR mean / worst (dB) | FD [CI] | compile s |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:

@@ -137,48 +137,28 @@ def test_inspect_shows_the_policy_and_image_commands_refuse_it(compiled, run_cli
     code, text, _ = run_cli("inspect", art)
     assert code == 0 and "LeRobot diffusion policy: horizon 8" in text and "4 action chunks" not in text
     assert "noise=" in text  # the DDPM rows show their noise std
-    for command in ("run", "eval", "bench"):
+    for command in ("run", "eval"):
         code, _, err = run_cli(command, art)
         assert code == 2 and "is a robot policy" in err and len(err.strip().splitlines()) == 1
 
 
 def write_image_policy(folder: Path, separate_cameras: bool = False) -> None:
-    """A random-weight image policy in LeRobot's saved layout (config from the keypoints fixture, two
-    cameras at 64x64 with a 56x56 crop: a 2x2 feature map for the soft-argmax; MEAN_STD image
-    statistics), weights from dmc's own modules."""
-    import torch
-    from safetensors.torch import save_file
+    """A random-weight image policy in LeRobot's saved layout (``dmc.policies.layout``): state, two cameras
+    at 64x64 with a 56x56 crop (a 2x2 feature map for the soft-argmax), a 16-wide environment state."""
+    from dmc.policies.layout import write_policy
 
-    from dmc.policies.lerobot import read_policy
-    from dmc.policies.model import build_unet
-    from dmc.policies.vision import RgbEncoder
-
-    shutil.copytree(FIXTURES / "keypoints-ddpm", folder)
-    (folder / "golden.safetensors").unlink()
-    config = json.loads((folder / "config.json").read_text())
     cams = ["observation.images.top", "observation.images.wrist"]
-    for cam in cams:
-        config["input_features"][cam] = {"type": "VISUAL", "shape": [3, 64, 64]}
-    config.update(crop_shape=[56, 56], spatial_softmax_num_keypoints=8,
-                  use_separate_rgb_encoder_per_camera=separate_cameras,
-                  noise_scheduler_type="DDIM", num_inference_steps=4)
-    (folder / "config.json").write_text(json.dumps(config))
-    pre = json.loads((folder / "policy_preprocessor.json").read_text())
-    stats_file = folder / next(s["state_file"] for s in pre["steps"] if s.get("state_file"))
-    stats = {k: torch.from_numpy(v) for k, v in load_file(str(stats_file)).items()}
-    for cam in cams:
-        stats[f"{cam}.mean"] = torch.tensor([0.4, 0.5, 0.6]).reshape(3, 1, 1)
-        stats[f"{cam}.std"] = torch.tensor([0.2, 0.25, 0.3]).reshape(3, 1, 1)
-    save_file(stats, str(stats_file))
-    spec = read_policy(str(folder))
-    torch.manual_seed(0)
-    weights = {f"diffusion.unet.{k}": v for k, v in build_unet(spec).state_dict().items()}
-    for i in range(2 if separate_cameras else 1):
-        enc = RgbEncoder("resnet18", (3, 64, 64), (56, 56), 8, True)
-        prefix = f"diffusion.rgb_encoder.{i}." if separate_cameras else "diffusion.rgb_encoder."
-        weights.update({prefix + k: v if k.endswith("pos_grid") else v + 0.05 * torch.randn_like(v)
-                        for k, v in enc.state_dict().items()})
-    save_file({k: v.contiguous() for k, v in weights.items()}, str(folder / "model.safetensors"))
+    inputs = {"observation.state": ("STATE", (2,)), **{c: ("VISUAL", (3, 64, 64)) for c in cams},
+              "observation.environment_state": ("ENV", (16,))}
+    stats = {"observation.state": {"min": np.zeros(2), "max": np.full(2, 512.0)},
+             "observation.environment_state": {"min": np.zeros(16), "max": np.full(16, 512.0)},
+             "action": {"min": np.array([12.0, 20.0]), "max": np.array([500.0, 490.0])},
+             **{c: {"mean": np.array([0.4, 0.5, 0.6]).reshape(3, 1, 1),
+                    "std": np.array([0.2, 0.25, 0.3]).reshape(3, 1, 1)} for c in cams}}
+    write_policy(folder, inputs, 2, stats, horizon=8, n_action_steps=4, down_dims=[16, 32], n_groups=4,
+                 diffusion_step_embed_dim=16, kernel_size=3, crop_shape=[56, 56], spatial_softmax_num_keypoints=8,
+                 use_separate_rgb_encoder_per_camera=separate_cameras, noise_scheduler_type="DDIM",
+                 num_inference_steps=4)
 
 
 @pytest.mark.parametrize("separate", [False, True])
@@ -258,3 +238,33 @@ def test_bad_calibration_observations_are_refused(tmp_path, run_cli):
                            "--out", tmp_path / "x.dmc")
     assert code == 2 and "no array 'observation.environment_state'" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x.dmc").exists()
+
+
+def test_warm_start_runs_the_last_k_calls_from_the_previous_plan(compiled):
+    from dmc.evaluate.bench import TimedExecutor
+
+    policy = load(compiled["env4-ddim"])
+    obs = observations(golden("env4-ddim"))
+    with pytest.raises(DmcError, match="previous act"):
+        policy.act(obs, warm_start=2)
+    cold = policy.act(obs, seed=0)
+    policy.pipe.executor = TimedExecutor(policy.pipe.executor)
+    warm = policy.act(obs, seed=0, warm_start=3)
+    assert [g for g, _ in policy.pipe.executor.records].count("full") == 3  # three denoiser calls, not eight
+    assert warm.shape == cold.shape and np.isfinite(warm).all()
+    levels = [c.extra["noise_level"] for c in policy.pipe.calls]
+    assert all(a ** 2 + s ** 2 == pytest.approx(1.0) for a, s in levels)
+    assert levels[-3][0] > levels[0][0]  # the warm start enters at a cleaner level than the cold start
+    with pytest.raises(DmcError, match="warm_start must be"):
+        policy.act(obs, warm_start=99)
+
+
+def test_bench_reports_latency_per_chunk_against_the_control_period(compiled, run_cli):
+    art = compiled["keypoints-ddpm"]
+    code, text, err = run_cli("bench", art, "--repeats", "4", "--warmup", "1", "--control-hz", "1000000")
+    assert code == 0, err
+    assert "10 model calls per chunk of 4 actions" in text and "MISSES" in text  # 4 us per chunk: impossible
+    code, out, err = run_cli("bench", art, "--repeats", "4", "--warmup", "1", "--control-hz", "0.01", "--json",
+                             "--warm-start", "2")
+    r = json.loads(out)
+    assert code == 0 and r["model_calls_per_chunk"] == 2 and r["within_period"] == 1.0 and r["p99_s"] >= r["median_s"]

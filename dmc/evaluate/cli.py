@@ -136,7 +136,12 @@ def eval_cmd(artifact, reference, n, seed, features, batch_size, prompts_file, t
 @click.option("--memory/--no-memory", default=True, show_default=True,
               help="Measure peak RSS of each target in a fresh subprocess.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
-def bench_cmd(artifact, vs, n_images, repeats, warmup, threads, seed, memory, as_json):
+@click.option("--control-hz", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Policies: the robot's control rate; reports the chunks ready within n_action_steps / Hz.")
+@click.option("--warm-start", type=click.IntRange(min=1), default=None,
+              help="Policies: time act(warm_start=K): K model calls per chunk from the previous plan.")
+def bench_cmd(artifact, vs, n_images, repeats, warmup, threads, seed, memory, as_json, control_hz=None,
+              warm_start=None):
     """Latency of ARTIFACT per model call and end to end per image (median, p90), and peak memory.
 
     With --vs the two run interleaved and the ratio (ARTIFACT / OTHER per image, < 1 is faster)
@@ -146,18 +151,36 @@ def bench_cmd(artifact, vs, n_images, repeats, warmup, threads, seed, memory, as
     Examples:
       dmc bench int8.dmc --vs fp32.dmc --repeats 20
       dmc bench demo.dmc --vs demo --json > bench.json     # ORT artifact vs torch eager
+      dmc bench pusht.dmc --control-hz 10 --repeats 50     # a policy: latency per action chunk
     """
     from dmc.evaluate.bench import benchmark, format_bench
-    from dmc.runtimes.policy import refuse_policy
 
-    refuse_policy(artifact, "dmc bench")
     _threads(threads)
+    if _is_policy(artifact):
+        from dmc.evaluate.bench_policy import benchmark_policy, format_policy_bench
+
+        result = benchmark_policy(artifact, repeats=repeats, warmup=warmup, threads=threads, seed=seed,
+                                  control_hz=control_hz, warm_start=warm_start)
+        if as_json:
+            _dump(result)
+        else:
+            click.echo(format_policy_bench(result))
+        return
     result = benchmark(artifact, vs=vs, n_images=n_images, repeats=repeats, warmup=warmup, threads=threads,
                        seed=seed, memory=memory, progress=True)
     if as_json:
         _dump(result)
     else:
         click.echo(format_bench(result))
+
+
+def _is_policy(artifact) -> bool:
+    from pathlib import Path
+
+    from dmc.artifact import read_manifest
+    from dmc.runtimes.policy import has_policy
+
+    return (Path(artifact) / "manifest.json").is_file() and has_policy(read_manifest(artifact, verify=False))
 
 
 # --- dmc check ------------------------------------------------------------------------

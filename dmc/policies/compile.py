@@ -76,7 +76,7 @@ def compile_policy(source: str, out: str | Path, options) -> Path:
         recipe = policy_recipe(spec, options)
         denoiser = load_denoiser(spec)
         encoder = load_observation_encoder(spec)
-        calls = compile_calls(recipe, spec.schedule, denoiser.sample_shape)
+        calls = with_noise_levels(compile_calls(recipe, spec.schedule, denoiser.sample_shape), spec.schedule)
         full = export_onnx(denoiser, denoiser.example_inputs(2), DENOISER_INPUTS, [OUTPUT_NAME], options.opset)
         ctx = _context(spec, denoiser, recipe, calls, full, options)
         verify_obs = None
@@ -108,6 +108,22 @@ def _io(value) -> dict:
     from dmc.compress.pipeline import _io as io
 
     return io(value)
+
+
+def with_noise_levels(calls, schedule: dict):
+    """Each call's ``(alpha, sigma)`` of ``x_t = alpha x0 + sigma eps`` at its timestep, in ``extra``:
+    what ``act(warm_start=k)`` noises the previous plan to before the last ``k`` calls."""
+    import inspect
+
+    import diffusers
+
+    cls = getattr(diffusers, schedule["_class_name"])
+    accepted = set(inspect.signature(cls.__init__).parameters)
+    abar = cls(**{k: v for k, v in schedule.items() if k in accepted}).alphas_cumprod.double().numpy()
+    for c in calls:
+        a = float(np.interp(c.timestep, np.arange(len(abar)), abar))
+        c.extra["noise_level"] = [a ** 0.5, (1 - a) ** 0.5]
+    return calls
 
 
 def _context(spec, denoiser, recipe, calls, full, options):

@@ -179,7 +179,12 @@ def _check_vision(folder: Path, config: dict, images: list[Feature]) -> None:
         raise DmcError(f"{folder}: every camera must give [C, H, W] images of one shape")
 
 
-def read_policy(source: str) -> PolicySpec:
+def read_policy_config(source: str | Path) -> PolicySpec:
+    """The spec from config and statistics alone (a folder whose weights are still to be written)."""
+    return read_policy(source, weights=False)
+
+
+def read_policy(source: str | Path, weights: bool = True) -> PolicySpec:
     """The checked spec of a LeRobot policy folder (refuses what dmc cannot compile, in one line)."""
     folder = Path(source)
     config = json.loads((folder / "config.json").read_text())
@@ -212,12 +217,14 @@ def read_policy(source: str) -> PolicySpec:
     schedule = {"_class_name": f"{kind}Scheduler", **{k: cfg[k] for k in (
         "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "clip_sample", "clip_sample_range",
         "prediction_type")}}
-    weights = folder / WEIGHTS
+    path = folder / WEIGHTS
     found = _stats_from_processor(folder)
     if found is not None:
         stats, eps, origin = *found, PREPROCESSOR
+    elif weights:
+        stats, eps, origin = _stats_from_buffers(path, observations + actions), 1e-8, f"{WEIGHTS} buffers"
     else:
-        stats, eps, origin = _stats_from_buffers(weights, observations + actions), 1e-8, f"{WEIGHTS} buffers"
+        raise DmcError(f"{folder}: no {PREPROCESSOR} with the normaliser's statistics")
     modes = config.get("normalization_mapping") or {}
     normalization = {}
     for f in observations + actions:
@@ -233,7 +240,8 @@ def read_policy(source: str) -> PolicySpec:
         # image statistics are per channel ([C, 1, 1]) and broadcast; the others have the feature's shape
         keep = (lambda a: a) if f.type == VISUAL else (lambda a, shape=f.shape: a.reshape(shape))
         normalization[f.key] = {"mode": mode, **{s: keep(have[s]).tolist() for s in need}}
-    header, _ = read_header(weights)
-    if not any(k.startswith("diffusion.unet.") for k in header):
-        raise DmcError(f"{folder}: {WEIGHTS} holds no diffusion.unet.* weights")
-    return PolicySpec(folder, config, observations, actions[0], normalization, eps, origin, weights, schedule)
+    if weights:
+        header, _ = read_header(path)
+        if not any(k.startswith("diffusion.unet.") for k in header):
+            raise DmcError(f"{folder}: {WEIGHTS} holds no diffusion.unet.* weights")
+    return PolicySpec(folder, config, observations, actions[0], normalization, eps, origin, path, schedule)

@@ -39,7 +39,8 @@ class SinusoidalEmbedding(nn.Module):
 class ConvBlock(nn.Module):
     def __init__(self, cin: int, cout: int, kernel: int, groups: int = 8):
         super().__init__()
-        self.block = nn.Sequential(nn.Conv1d(cin, cout, kernel, padding=kernel // 2), nn.GroupNorm(groups, cout), nn.Mish())
+        self.block = nn.Sequential(nn.Conv1d(cin, cout, kernel, padding=kernel // 2), nn.GroupNorm(groups, cout),
+                                   nn.Mish())
 
     def forward(self, x):
         return self.block(x)
@@ -71,7 +72,8 @@ class ConditionalUnet1d(nn.Module):
         self.diffusion_step_encoder = nn.Sequential(SinusoidalEmbedding(e), nn.Linear(e, 4 * e), nn.Mish(),
                                                     nn.Linear(4 * e, e))
         cond_dim = e + global_cond_dim
-        block = lambda cin, cout: FiLMResidualBlock(cin, cout, cond_dim, kernel_size, n_groups, film_scale)  # noqa: E731
+        def block(cin, cout):
+            return FiLMResidualBlock(cin, cout, cond_dim, kernel_size, n_groups, film_scale)
         widths = [action_dim, *down_dims]
         levels = list(zip(widths[:-1], widths[1:]))
         self.down_modules = nn.ModuleList(

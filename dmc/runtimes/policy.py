@@ -100,20 +100,53 @@ class Policy:
         out = self.executor.run(ENCODER_GRAPH, feeds)[0]
         return self.executor.to_numpy(out).astype(np.float32), single
 
-    def act(self, observations: dict, seed: int | None = None, noise: np.ndarray | None = None) -> np.ndarray:
+    def act(self, observations: dict, seed: int | None = None, noise: np.ndarray | None = None,
+            warm_start: int | None = None) -> np.ndarray:
         """The next ``n_action_steps`` actions (robot units) for an observation history of
         ``n_obs_steps`` steps per key, oldest first. ``noise`` ``[batch, horizon, action_dim]``
-        replaces the seeded initial sample."""
+        replaces the seeded initial sample.
+
+        ``warm_start=k`` (after a first ``act``): start from the previous plan shifted by the
+        ``n_action_steps`` actions that were executed (its last action repeated at the end), noised
+        to the level of the table's last ``k`` calls, and run only those ``k`` calls: the
+        real-time-iteration idea, ``k`` model calls per chunk instead of all of them."""
         cond, single = self.condition(observations)
-        if noise is not None:
+        pipe = self.pipe
+        if warm_start is not None:
+            noise, pipe = self._warm_start(warm_start, len(cond), seed)
+        elif noise is not None:
             noise = np.asarray(noise, dtype=np.float32)
             noise = noise[None] if single and noise.ndim == 2 else noise
-        x = self.pipe.sample(len(cond), seed=seed, batch_size=len(cond), conditions={CONDITION: cond}, noise=noise)
+        x = pipe.sample(len(cond), seed=seed, batch_size=len(cond), conditions={CONDITION: cond}, noise=noise)
+        self._plan = x
         actions = normalize(x, self.spec["normalization"][self.spec["action"]["key"]],
                             float(self.spec["normalization_eps"]), inverse=True)
         start = self.n_obs_steps - 1
         chunk = actions[:, start:start + self.n_action_steps].astype(np.float32)
         return chunk[0] if single else chunk
+
+    def _warm_start(self, k: int, batch: int, seed: int | None):
+        """(initial state, a sampler over the last ``k`` calls) from the previous plan."""
+        import copy
+
+        from dmc.sampling.calls import initial_noise
+
+        calls = self.pipe.calls
+        plan = getattr(self, "_plan", None)
+        if plan is None or len(plan) != batch:
+            raise DmcError("act: warm_start needs a previous act() on the same batch")
+        if not 1 <= k <= len(calls):
+            raise DmcError(f"act: warm_start must be 1..{len(calls)} model calls, got {k}")
+        levels = [c.extra.get("noise_level") for c in calls]
+        if levels[-k] is None:
+            raise DmcError("act: this artifact's call table has no noise levels (recompile it to warm-start)")
+        a = self.n_action_steps
+        shifted = np.concatenate([plan[:, a:], np.repeat(plan[:, -1:], a, axis=1)], axis=1)
+        alpha, sigma = levels[-k]
+        z = initial_noise(self.pipe.recipe.seed if seed is None else seed, batch, plan.shape[1:])
+        pipe = copy.copy(self.pipe)
+        pipe.calls = calls[-k:]
+        return (alpha * shifted + sigma * z).astype(np.float32), pipe
 
 
 def open_policy(manifest, pipe, *_args) -> Policy:
