@@ -48,7 +48,7 @@ def build(work: Path, kind: str, sampler: str | None, steps: int | None) -> dict
         write_policy(folder, inputs, 2, stats, **extra)
     recipe = Recipe(sampler=sampler or "ddim", steps=steps or 20)
     paths = {}
-    for name, passes in (("fp32", []), ("int8", plan_passes(int8=True))):
+    for name, passes in (("fp32", []), ("int8", plan_passes(int8=True, calib_budget=45.0))):  # the CLI default
         out = work / f"{kind}-{name}-{sampler or 'own'}-{steps or 'own'}.dmc"
         if not (out / "manifest.json").exists():
             options = CompileOptions(recipe=recipe, passes=passes, verify_images=2, force=True,

@@ -268,3 +268,29 @@ def test_bench_reports_latency_per_chunk_against_the_control_period(compiled, ru
                              "--warm-start", "2")
     r = json.loads(out)
     assert code == 0 and r["model_calls_per_chunk"] == 2 and r["within_period"] == 1.0 and r["p99_s"] >= r["median_s"]
+
+
+def test_legacy_layout_with_statistics_in_the_weights_acts_the_same(compiled, tmp_path):
+    """LeRobot < 0.4 kept the normaliser's statistics as ``normalize_inputs.buffer_<key>.<stat>`` buffers in
+    model.safetensors (no processor files): read from there, the policy acts exactly as with processors."""
+    from safetensors.numpy import save_file
+
+    folder = tmp_path / "legacy"
+    shutil.copytree(FIXTURES / "env4-ddim", folder)
+    stats = load_file(str(next(folder.glob("policy_preprocessor_step_*.safetensors"))))
+    for f in folder.glob("policy_*processor*"):
+        f.unlink()
+    weights = load_file(str(folder / "model.safetensors"))
+    for key, value in stats.items():
+        feature, _, stat = key.rpartition(".")
+        module = "normalize_targets" if feature == "action" else "normalize_inputs"
+        weights[f"{module}.buffer_{feature.replace('.', '_')}.{stat}"] = value
+        if feature == "action":
+            weights[f"unnormalize_outputs.buffer_action.{stat}"] = value
+    save_file(weights, str(folder / "model.safetensors"))
+    out = compile_model(str(folder), tmp_path / "legacy.dmc", CompileOptions(verify_images=1))
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["policy"]["normalization_origin"] == "model.safetensors buffers"
+    g = golden("env4-ddim")
+    legacy = load(out).act(observations(g), noise=g["noise"])
+    assert np.array_equal(legacy, load(compiled["env4-ddim"]).act(observations(g), noise=g["noise"]))
