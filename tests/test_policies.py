@@ -118,7 +118,7 @@ def test_unsupported_policies_and_passes_are_refused_before_work(tmp_path, run_c
     (folder / "config.json").write_text(json.dumps(config))
     code, _, err = run_cli("compress", str(folder), "--out", tmp_path / "a.dmc")
     assert code == 2 and "resize_shape is not supported" in err and len(err.strip().splitlines()) == 1
-    code, _, err = run_cli("compress", str(FIXTURES / "env4-ddim"), "--cache", "--out", tmp_path / "b.dmc")
+    code, _, err = run_cli("compress", str(FIXTURES / "env4-ddim"), "--prune", "0.2", "--out", tmp_path / "b.dmc")
     assert code == 2 and "not supported for policies yet" in err
     assert not (tmp_path / "a.dmc").exists() and not (tmp_path / "b.dmc").exists()
 
@@ -294,3 +294,46 @@ def test_legacy_layout_with_statistics_in_the_weights_acts_the_same(compiled, tm
     g = golden("env4-ddim")
     legacy = load(out).act(observations(g), noise=g["noise"])
     assert np.array_equal(legacy, load(compiled["env4-ddim"]).act(observations(g), noise=g["noise"]))
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_cached_policy_follows_its_schedule(tmp_path, run_cli, int8):
+    """DeepCache on the 1D UNet: the full graph also writes the deep feature, the shallow graph reads it
+    and skips every deeper level; the runtime runs each call on the graph the schedule names."""
+    from dmc.evaluate.bench import TimedExecutor
+
+    out = tmp_path / "c.dmc"
+    code, _, err = run_cli("compress", str(FIXTURES / "keypoints-ddpm"), "--cache", *(["--int8"] if int8 else []),
+                           "--out", out)
+    assert code == 0, err
+    m = json.loads((out / "manifest.json").read_text())
+    cache = next(p for p in m["passes"] if p["name"] == "cache")
+    assert cache["method"] == "deepcache-1d" and "." in cache["schedule"] and cache["schedule"][0] == "F"
+    assert cache["macs_per_image"]["shallow"] < cache["macs_per_image"]["full"]
+    assert set(m["graphs"]) == {"full", "shallow", ENCODER_GRAPH}
+    v = m["verification"]
+    assert v["psnr_db"] >= v["floor_psnr_db"] and 0 < v["vs_fp32_policy_psnr_db"] <= 100
+    policy = load(out)
+    policy.pipe.executor = TimedExecutor(policy.pipe.executor)
+    chunk = policy.act(observations(golden("keypoints-ddpm")), seed=0)
+    ran = "".join("F" if g == "full" else "." for g, _ in policy.pipe.executor.records if g != ENCODER_GRAPH)
+    assert ran == cache["schedule"] and chunk.shape == (3, 4, 2) and np.isfinite(chunk).all()
+
+
+@pytest.mark.parametrize("name", ["keypoints-ddpm", "env4-ddim"])
+def test_shallow_graph_on_the_fresh_deep_feature_equals_the_full_network(name):
+    """A retrieve step fed the feature the full network computes at that very call is the full network."""
+    import torch
+
+    from dmc.cache import unet1d
+    from dmc.policies.lerobot import read_policy
+    from dmc.policies.model import load_denoiser
+
+    denoiser = load_denoiser(read_policy(FIXTURES / name))
+    full, shallow, ex, _, macs = unet1d.build_modules(denoiser)
+    with torch.inference_mode():
+        prediction, deep = full(*ex)
+        torch.testing.assert_close(shallow(*ex, deep), prediction, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(prediction, denoiser(*ex))
+        assert not torch.allclose(shallow(*ex, deep + 1.0), prediction, atol=1e-3)  # the cache is really read
+    assert macs["shallow"] < macs["full"]

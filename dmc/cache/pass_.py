@@ -55,8 +55,9 @@ def run_cache(ctx, cfg: CacheConfig) -> None:
     seed = ctx.recipe.seed if cfg.seed is None else cfg.seed
     if cfg.schedule == "auto":
         cfg = dataclasses.replace(cfg, schedule=AUTO.get(ctx.adapter.family, "dp"))
-    if ctx.adapter.family == "dit":
-        return _run_dit(ctx, cfg, full_first, seed)
+    handler = FAMILY_HANDLERS.get(ctx.adapter.family)
+    if handler is not None:
+        return handler(ctx, cfg, full_first, seed)
     if ctx.loaded.class_name not in ("UNet2DModel", "UNet2DConditionModel"):
         raise DmcError(f"--cache supports UNet2DModel, UNet2DConditionModel and DiT models; "
                        f"{ctx.loaded.class_name} is not supported yet")
@@ -147,6 +148,51 @@ def _run_unet(ctx, cfg, full_first, seed, num_calls) -> None:
     ctx.passes.append(record)
 
 
+def _run_policy(ctx, cfg, full_first, seed) -> None:
+    """DeepCache on Diffusion Policy's 1D UNet (``unet1d.py``): one cache point, the deep feature."""
+    from dmc.cache import unet1d
+    from dmc.cache.choose import CachePoints, choose
+    from dmc.cache.deepcache import separate_output
+    from dmc.cache.features import _record
+    from dmc.compress.context import GraphVariant
+    from dmc.export.onnx_export import export_onnx
+
+    denoiser, num_calls = ctx.adapter, len(ctx.calls)
+    unet1d.check(denoiser)
+    point = unet1d.cache_point(denoiser)
+    points = CachePoints(["deep"], modules=lambda: [point],
+                         record=lambda: _record(ctx, [point], cfg.num_samples, seed))
+    chosen = choose(ctx, cfg, points, num_calls, full_first, seed)
+    refresh = chosen.refresh[:, 0]
+    full, shallow, ex_full, ex_shallow, macs = unet1d.build_modules(denoiser)
+    opset = _opset(ctx)
+    ctx.graphs["full"] = GraphVariant(
+        separate_output(export_onnx(full, ex_full, full.input_names, full.output_names, opset), unet1d.CACHE),
+        full, full.input_names, full.output_names,
+        f"the denoiser; also outputs {unet1d.CACHE} (the input of the last up level)")
+    if (~refresh).any():
+        ctx.graphs["shallow"] = GraphVariant(
+            export_onnx(shallow, ex_shallow, shallow.input_names, shallow.output_names, opset),
+            shallow, shallow.input_names, shallow.output_names,
+            f"DeepCache retrieve step: the first two down levels + cached {unet1d.CACHE} + the last up level")
+    for call, fresh in zip(ctx.calls, refresh):
+        call.graph = "full" if fresh else "shallow"
+        call.extra["cache"] = {"reads": [] if fresh else [unet1d.CACHE],
+                               "writes": [unet1d.CACHE] if fresh else []}
+    record = {"name": "cache", "method": "deepcache-1d", "config": cfg.to_json(), "full_first": full_first,
+              "seed": seed, "refresh": [bool(r) for r in refresh], "schedule": schedule_string(refresh),
+              "cache_tensor": {"name": unet1d.CACHE, "point": "input of the last up level"},
+              "macs_per_image": macs}
+    if cfg.method == "forecast":
+        from dmc.cache.forecast import annotate_calls
+
+        record["forecast"] = annotate_calls(ctx.calls, refresh, [unet1d.CACHE], cfg.order)
+    n_full = int(refresh.sum())
+    ratio = (n_full * macs["full"] + (num_calls - n_full) * macs["shallow"]) / (num_calls * macs["full"])
+    record.update({"cost_ratio": round(ratio, 4), "theoretical_speedup": round(1.0 / ratio, 3), **chosen.record})
+    ctx.passes.append(record)
+
+
 def _run_dit(ctx, cfg, full_first, seed) -> None:
     from dmc.cache import features, schedules
     from dmc.cache.choose import CachePoints, choose
@@ -187,3 +233,7 @@ def _run_dit(ctx, cfg, full_first, seed) -> None:
         **chosen.record,
         **({"forecast": forecast} if forecast else {}),
     })
+
+
+# adapter family -> handler; any other family is an image UNet (DeepCache on up_blocks)
+FAMILY_HANDLERS = {"dit": _run_dit, "policy": _run_policy}

@@ -40,11 +40,15 @@ CALIB_SEED = 1  # synthetic calibration observations: a stream apart from verifi
 
 
 def _refuse_options(options) -> None:
+    from dmc.cache import CacheConfig
     from dmc.quantize import QuantizeConfig
 
-    other = [type(p).__name__ for p in options.passes if not isinstance(p, QuantizeConfig)]
+    from dmc.cache.correction import CorrectConfig
+
+    allowed = (QuantizeConfig, CacheConfig, CorrectConfig)
+    other = [type(p).__name__ for p in options.passes if not isinstance(p, allowed)]
     if other:
-        raise DmcError("--cache, --prune and --steps auto are not supported for policies yet (FP32 and --int8 are)")
+        raise DmcError("--prune and --steps auto are not supported for policies yet (FP32, --int8 and --cache are)")
     if options.int8_parts or options.image_size:
         raise DmcError("--int8-parts and --size do not apply to a policy")
 
@@ -97,8 +101,8 @@ def compile_policy(source: str, out: str | Path, options) -> Path:
         if ctx.tables:
             np.savez(writer.root / "tables.npz", **ctx.tables)
         manifest = _manifest(spec, ctx, graphs, encoder)
-        manifest["verification"] = _verify(spec, denoiser, encoder, writer.root, manifest, options.verify_images,
-                                           ctx.fidelity_floor_psnr, verify_obs)
+        manifest["verification"] = _verify(spec, ctx, denoiser, encoder, writer.root, manifest,
+                                           options.verify_images, ctx.fidelity_floor_psnr, verify_obs)
         return writer.finish(manifest, {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                         "compile_seconds": round(time.time() - started, 1),
                                         "host": platform.node()})
@@ -237,21 +241,43 @@ def verification_observations(spec, n: int, seed: int) -> dict[str, np.ndarray]:
 
 
 def torch_policy(spec, denoiser, encoder, manifest_data: dict):
-    """The torch policy driven by the artifact's own sampler loop: the verification reference."""
+    """The uncompressed FP32 torch policy driven by the artifact's sampler loop (every call uncached)."""
+    import copy
+
+    data = copy.deepcopy(manifest_data)
+    for call in data["sampler"]["calls"]:
+        call["graph"] = "full"
+        call["extra"] = {k: v for k, v in call.get("extra", {}).items() if k == "noise_level"}
+    return _torch_policy(spec, {"full": (denoiser, DENOISER_INPUTS, [OUTPUT_NAME])}, encoder, data)
+
+
+def scheduled_reference(ctx, spec, encoder, manifest_data: dict):
+    """The torch modules of the artifact's own graphs (FP32; each graph's reference where a pass set
+    one), on its call table: what verification holds the artifact to, as for image models."""
+    graphs = {n: (g.reference if g.reference is not None else g.module, g.input_names, g.output_names)
+              for n, g in ctx.graphs.items()}
+    return _torch_policy(spec, graphs, encoder, manifest_data, ctx.tables)
+
+
+def _torch_policy(spec, graphs: dict, encoder, manifest_data: dict, tables: dict | None = None):
     from dmc.artifact.manifest import Manifest
     from dmc.compress.torch_executor import TorchExecutor
     from dmc.runtimes.pipeline import Pipeline
 
-    executor = TorchExecutor({"full": denoiser, ENCODER_GRAPH: encoder},
-                             {"full": DENOISER_INPUTS, ENCODER_GRAPH: [f.input_name for f in spec.observations]},
-                             {"full": [OUTPUT_NAME], ENCODER_GRAPH: [CONDITION]})
+    graphs = {**graphs, ENCODER_GRAPH: (encoder, [f.input_name for f in spec.observations], [CONDITION])}
+    executor = TorchExecutor({n: g[0] for n, g in graphs.items()}, {n: list(g[1]) for n, g in graphs.items()},
+                             {n: list(g[2]) for n, g in graphs.items()})
     manifest = Manifest(Path("."), manifest_data)
-    return Policy(manifest, Pipeline.from_manifest(manifest, executor))
+    pipe = Pipeline.from_manifest(manifest, executor)
+    pipe.tables = dict(tables or {})
+    return Policy(manifest, pipe)
 
 
-def _verify(spec, denoiser, encoder, root: Path, manifest: dict, n: int, floor: float,
+def _verify(spec, ctx, denoiser, encoder, root: Path, manifest: dict, n: int, floor: float,
             obs: dict | None = None) -> dict:
-    """``obs``: held-out recorded histories (else ``n`` synthetic ones)."""
+    """The artifact against the torch modules of its own graphs on its own call table (floor: the
+    passes'), and, for information, against the uncompressed FP32 policy. ``obs``: held-out recorded
+    histories (else ``n`` synthetic ones)."""
     import json
 
     from dmc.artifact.writer import MANIFEST
@@ -265,7 +291,7 @@ def _verify(spec, denoiser, encoder, root: Path, manifest: dict, n: int, floor: 
     if obs is None:
         obs = verification_observations(spec, n, VERIFY_SEED)
     n = len(next(iter(obs.values())))
-    want = torch_policy(spec, denoiser, encoder, manifest).act(obs, seed=VERIFY_SEED)
+    want = scheduled_reference(ctx, spec, encoder, manifest).act(obs, seed=VERIFY_SEED)
     (root / MANIFEST).write_text(json.dumps({"format": "dmc-artifact", "format_version": 1, **manifest, "files": {}}))
     try:
         m = read_manifest(root, verify=False)
@@ -280,6 +306,12 @@ def _verify(spec, denoiser, encoder, root: Path, manifest: dict, n: int, floor: 
         raise DmcError("verification failed: non-finite actions; nothing was written")
     rmse, psnr = paired_psnr(ours, theirs)
     check_fidelity(psnr, floor)
-    return {"chunks": n, "backend": backend, "rmse": rmse, "psnr_db": min(psnr, 100.0),
-            "max_abs_action_error": float(np.abs(got - want).max()), "floor_psnr_db": floor,
-            "scale": "normalised actions ([-1, 1])", "reference": "the FP32 torch policy", "observations": source}
+    result = {"chunks": n, "backend": backend, "rmse": rmse, "psnr_db": min(psnr, 100.0),
+              "max_abs_action_error": float(np.abs(got - want).max()), "floor_psnr_db": floor,
+              "scale": "normalised actions ([-1, 1])", "reference": "the torch modules of its graphs, same call table",
+              "observations": source}
+    if ctx.passes:  # what the compression costs against the uncompressed policy
+        plain = torch_policy(spec, denoiser, encoder, manifest).act(obs, seed=VERIFY_SEED)
+        result["vs_fp32_policy_psnr_db"] = min(paired_psnr(ours, normalize(plain, norm, spec.normalization_eps))[1],
+                                               100.0)
+    return result

@@ -87,9 +87,10 @@ class ConditionalUnet1d(nn.Module):
         self.final_conv = nn.Sequential(ConvBlock(down_dims[0], down_dims[0], kernel_size),
                                         nn.Conv1d(down_dims[0], action_dim, 1))
 
-    def forward(self, x, timestep, global_cond):
+    def forward(self, x, timestep, global_cond, return_deep: bool = False):
+        """``return_deep``: also the input of the last up level (DeepCache's cached feature)."""
         x = x.transpose(1, 2)
-        cond = torch.cat([self.diffusion_step_encoder(timestep), global_cond], dim=-1)
+        cond = self.condition(timestep, global_cond)
         skips = []
         for first, second, down in self.down_modules:
             x = second(first(x, cond), cond)
@@ -97,6 +98,17 @@ class ConditionalUnet1d(nn.Module):
             x = down(x)
         for mid in self.mid_modules:
             x = mid(x, cond)
-        for first, second, up in self.up_modules:
+        for first, second, up in self.up_modules[:-1]:
             x = up(second(first(torch.cat([x, skips.pop()], dim=1), cond), cond))
+        deep = x
+        out = self.last_level(x, skips.pop(), cond)
+        return (out, deep) if return_deep else out
+
+    def condition(self, timestep, global_cond):
+        return torch.cat([self.diffusion_step_encoder(timestep), global_cond], dim=-1)
+
+    def last_level(self, x, skip, cond):
+        """The last up level on [x; skip], then the output convolutions: ``[B, T, action_dim]``."""
+        first, second, up = self.up_modules[-1]
+        x = up(second(first(torch.cat([x, skip], dim=1), cond), cond))
         return self.final_conv(x).transpose(1, 2)
