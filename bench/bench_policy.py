@@ -1,7 +1,7 @@
 """Latency per action chunk of a PushT-sized diffusion policy: torch eager vs dmc FP32 vs dmc --int8.
 
     python bench/bench_policy.py [--work /tmp/dmc-bench-policy] [--threads 1 2] [--chunks 20] \
-        [--kind keypoints|image] [--sampler ddpm --steps 100] [--control-hz 10]
+        [--kind keypoints|image] [--sampler ddpm --steps 100] [--control-hz 10] [--cache]
 
 The policy is LeRobot's default diffusion policy at PushT's sizes (UNet down_dims 512/1024/2048,
 horizon 16, 2 observation steps, 8 actions; ``--kind keypoints``: 2-d state + 16 keypoints,
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 
-def build(work: Path, kind: str, sampler: str | None, steps: int | None) -> dict[str, Path]:
+def build(work: Path, kind: str, sampler: str | None, steps: int | None, cache: bool = False) -> dict[str, Path]:
     from dmc.compress.pipeline import CompileOptions, compile_model
     from dmc.compress.plan import plan_passes
     from dmc.policies.layout import write_policy
@@ -48,7 +48,11 @@ def build(work: Path, kind: str, sampler: str | None, steps: int | None) -> dict
         write_policy(folder, inputs, 2, stats, **extra)
     recipe = Recipe(sampler=sampler or "ddim", steps=steps or 20)
     paths = {}
-    for name, passes in (("fp32", []), ("int8", plan_passes(int8=True, calib_budget=45.0))):  # the CLI default
+    variants = [("fp32", []), ("int8", plan_passes(int8=True, calib_budget=45.0))]  # the CLI's budget
+    if cache:
+        variants += [("cache", plan_passes(cache=True)), ("int8-cache", plan_passes(int8=True, cache=True,
+                                                                                   calib_budget=45.0))]
+    for name, passes in variants:
         out = work / f"{kind}-{name}-{sampler or 'own'}-{steps or 'own'}.dmc"
         if not (out / "manifest.json").exists():
             options = CompileOptions(recipe=recipe, passes=passes, verify_images=2, force=True,
@@ -75,6 +79,9 @@ def child(args) -> dict:
     variants = {"torch eager FP32": torch_policy(spec, load_denoiser(spec), load_observation_encoder(spec), manifest),
                 "dmc FP32 (ONNX Runtime)": load(paths["fp32"], threads=args.child_threads),
                 "dmc --int8 (ONNX Runtime)": load(paths["int8"], threads=args.child_threads)}
+    for key, name in (("cache", "dmc --cache (ONNX Runtime)"), ("int8-cache", "dmc --int8 --cache (ONNX Runtime)")):
+        if key in paths:
+            variants[name] = load(paths[key], threads=args.child_threads)
     obs = verification_observations(spec, args.chunks, seed=5)
     one = lambda i: {k: v[i] for k, v in obs.items()}  # noqa: E731
     times: dict[str, list[float]] = {k: [] for k in variants}
@@ -100,6 +107,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--chunks", type=int, default=20)
     p.add_argument("--control-hz", type=float, default=10.0)
+    p.add_argument("--cache", action="store_true", help="also --cache and --int8 --cache")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--child-threads", type=int, default=1, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -107,7 +115,7 @@ def main(argv=None) -> int:
         print(json.dumps(child(args)))
         return 0
     args.work.mkdir(parents=True, exist_ok=True)
-    paths = {k: str(v) for k, v in build(args.work, args.kind, args.sampler, args.steps).items()}
+    paths = {k: str(v) for k, v in build(args.work, args.kind, args.sampler, args.steps, args.cache).items()}
     rows = []
     for threads in args.threads:
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
@@ -119,7 +127,13 @@ def main(argv=None) -> int:
     print(f"\n| threads | variant | median s per chunk | p99 s | within {rows[0]['period_s']:.2f} s |")
     print("| --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['threads']} | {r['variant']} | {r['median_s']:.3f} | {r['p99_s']:.3f} | {r['within_period']:.0%} |")
+        print(f"| {r['threads']} | {r['variant']} | {r['median_s']:.3f} | {r['p99_s']:.3f} | "
+              f"{r['within_period']:.0%} |")
+    for name in ("int8", "cache", "int8-cache"):
+        if name in paths:
+            v = json.loads((Path(paths[name]) / "manifest.json").read_text())["verification"]
+            print(f"{name}: verified {v['psnr_db']:.1f} dB vs its graphs' torch modules, "
+                  f"{v.get('vs_fp32_policy_psnr_db', float('nan')):.1f} dB vs the FP32 policy")
     return 0
 
 
