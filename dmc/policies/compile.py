@@ -1,4 +1,4 @@
-"""``compile_policy``: a LeRobot diffusion policy folder -> a policy artifact (FP32 or ``--int8``).
+"""``compile_policy``: a LeRobot diffusion policy folder -> a policy artifact (FP32, ``--int8``, ``--cache``).
 
 Graphs: ``full``, the denoiser the sampler calls (``sample [B, horizon, action_dim]``,
 ``timestep``, ``global_cond``), and ``observation_encoder`` (normalised observation history ->
@@ -10,11 +10,13 @@ never guessed) at its ``num_inference_steps``, compiled into the call table. The
 through a ``CompileContext`` whose adapter is the denoiser; the trajectories are conditioned on
 calibration observations (``--calib-observations FILE.npz`` recorded on the robot, else synthetic
 ones spread over the normalised range, with a warning). The observation encoder stays FP32.
+``--cache`` is the cache pass's DeepCache on the 1D UNet (``dmc.cache.unet1d``).
 
-Verification: the artifact's actions against the FP32 torch policy's, through the same sampler
-loop, noise and observations (random observations inside the normalised range, held out from
-calibration), on the denoiser's normalised action scale; refused below the fidelity floor (the
-passes' own: 60 dB FP32, 25 dB INT8).
+Verification, as for image models: the artifact's actions against the torch modules of its own
+graphs on its own call table (same noise and observations: held-out recorded histories, or
+synthetic ones in the normalised range), on the normalised action scale, refused below the passes'
+floor (60 dB FP32, 25 dB INT8); with passes, the distance to the uncompressed FP32 policy is
+reported beside it (``vs_fp32_policy_psnr_db``).
 """
 
 from __future__ import annotations
@@ -34,16 +36,13 @@ from dmc.sampling.recipe import Recipe
 
 OUTPUT_NAME = "prediction"
 VERIFY_SEED = 0
-
-
 CALIB_SEED = 1  # synthetic calibration observations: a stream apart from verification's
 
 
 def _refuse_options(options) -> None:
     from dmc.cache import CacheConfig
-    from dmc.quantize import QuantizeConfig
-
     from dmc.cache.correction import CorrectConfig
+    from dmc.quantize import QuantizeConfig
 
     allowed = (QuantizeConfig, CacheConfig, CorrectConfig)
     other = [type(p).__name__ for p in options.passes if not isinstance(p, allowed)]
