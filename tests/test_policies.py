@@ -337,3 +337,14 @@ def test_shallow_graph_on_the_fresh_deep_feature_equals_the_full_network(name):
         torch.testing.assert_close(prediction, denoiser(*ex))
         assert not torch.allclose(shallow(*ex, deep + 1.0), prediction, atol=1e-3)  # the cache is really read
     assert macs["shallow"] < macs["full"]
+
+
+def test_sampler_and_steps_given_on_the_command_line_override_the_policys(tmp_path, run_cli):
+    out = tmp_path / "o.dmc"
+    code, _, err = run_cli("compress", str(FIXTURES / "keypoints-ddpm"), "--sampler", "ddim", "--steps", "5",
+                           "--out", out)
+    assert code == 0, err
+    recipe = json.loads((out / "manifest.json").read_text())["recipe"]
+    assert recipe["sampler"] == "ddim" and recipe["steps"] == 5  # ddim is also the CLI's default: still honoured
+    code, _, err = run_cli("compress", str(FIXTURES / "keypoints-ddpm"), "--guidance", "2", "--out", tmp_path / "g")
+    assert code == 2 and "without guidance" in err

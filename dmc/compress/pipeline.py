@@ -45,8 +45,9 @@ class CompileOptions:
     calib_prompts: list[str] | None = None  # text-to-image calibration prompts (default: dmc.data.prompts)
     verify_budget_s: float | None = None  # fewer than verify_images when full images would take longer
     fidelity_floor: float | None = None  # PSNR (dB) verification refuses below; None: the passes' own floor
-    sampler_follows_schedule: bool = False  # the sampler was not chosen: a flow-matching model gets flow-euler
-    steps_follow_model: bool = False  # --steps was not given: a policy samples at its own num_inference_steps
+    # the sampler was not chosen: a flow-matching model gets flow-euler (None: not said; the CLI says True/False)
+    sampler_follows_schedule: bool | None = None
+    steps_follow_model: bool | None = None  # --steps was not given: a policy samples at its own num_inference_steps
     calib_observations: str | None = None  # a policy's INT8 calibration histories (.npz, dmc.policies.conditions)
     int8_parts: tuple[str, ...] = ()  # text-to-image: "text" and/or "vae" get INT8 too (dmc.quantize.parts)
     # verification frees the torch weights before ONNX Runtime opens (a big model is never held twice);

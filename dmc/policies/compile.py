@@ -53,13 +53,18 @@ def _refuse_options(options) -> None:
 
 
 def policy_recipe(spec, options) -> Recipe:
-    """The policy's own sampler (DDPM/DDIM) and ``num_inference_steps``, unless the caller chose them
-    (the CLI's flags; from Python, a recipe that differs from ``Recipe()``'s defaults)."""
+    """The policy's own sampler (DDPM/DDIM) and ``num_inference_steps``, unless the caller chose them:
+    the CLI says so (``sampler_follows_schedule`` / ``steps_follow_model`` True or False); from Python,
+    where they are None, a recipe field left at ``Recipe()``'s default follows the policy."""
     recipe, default = options.recipe, Recipe()
     if recipe.guided:
         raise DmcError("a diffusion policy samples without guidance; drop --guidance")
-    own_sampler = options.sampler_follows_schedule or recipe.sampler == default.sampler
-    own_steps = options.steps_follow_model or recipe.steps == default.steps
+
+    def follows(flag, value, default_value) -> bool:
+        return bool(flag) if flag is not None else value == default_value
+
+    own_sampler = follows(options.sampler_follows_schedule, recipe.sampler, default.sampler)
+    own_steps = follows(options.steps_follow_model, recipe.steps, default.steps)
     return Recipe(sampler=spec.sampler if own_sampler else recipe.sampler,
                   steps=spec.inference_steps if own_steps else recipe.steps, guidance=1.0, seed=recipe.seed)
 
