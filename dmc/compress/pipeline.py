@@ -202,12 +202,6 @@ def estimate_artifact_bytes(source: str) -> int:
 
 
 def build_manifest(ctx: CompileContext, seconds: float) -> dict:
-    import diffusers
-    import onnx
-    import torch
-
-    import dmc
-
     model = ctx.loaded.model
     return {
         "model": {
@@ -225,16 +219,30 @@ def build_manifest(ctx: CompileContext, seconds: float) -> dict:
         "recipe": ctx.recipe.to_json(),
         "training_schedule": ctx.loaded.scheduler_config,
         "training_schedule_origin": ctx.loaded.scheduler_origin,
+        **artifact_sections(ctx, {n: (g.onnx, g.computes, g.precision) for n, g in ctx.graphs.items()}),
+    }
+
+
+def artifact_sections(ctx, graphs: dict) -> dict:
+    """The manifest sections every artifact shares: call table, graphs (``name -> (onnx model, computes,
+    precision)``), weights, tables, precision/target/backend, passes, warnings and provenance."""
+    import diffusers
+    import onnx
+    import torch
+
+    import dmc
+
+    return {
         "sampler": {"calls": [c.to_json() for c in ctx.calls]},
         "graphs": {
             name: {
                 "file": f"graphs/{name}.onnx",
-                "computes": g.computes,
-                "precision": g.precision,
-                "inputs": [_io(i) for i in g.onnx.graph.input],
-                "outputs": [_io(o) for o in g.onnx.graph.output],
+                "computes": computes,
+                "precision": precision,
+                "inputs": [_io(i) for i in model.graph.input],
+                "outputs": [_io(o) for o in model.graph.output],
             }
-            for name, g in ctx.graphs.items()
+            for name, (model, computes, precision) in graphs.items()
         },
         "weights": "graphs/weights.bin",
         "tables": "tables.npz" if ctx.tables else None,

@@ -155,8 +155,10 @@ def bench_cmd(artifact, vs, n_images, repeats, warmup, threads, seed, memory, as
     """
     from dmc.evaluate.bench import benchmark, format_bench
 
+    from dmc.runtimes.policy import is_policy_artifact
+
     _threads(threads)
-    if _is_policy(artifact):
+    if is_policy_artifact(artifact):
         from dmc.evaluate.bench_policy import benchmark_policy, format_policy_bench
 
         result = benchmark_policy(artifact, repeats=repeats, warmup=warmup, threads=threads, seed=seed,
@@ -172,15 +174,6 @@ def bench_cmd(artifact, vs, n_images, repeats, warmup, threads, seed, memory, as
         _dump(result)
     else:
         click.echo(format_bench(result))
-
-
-def _is_policy(artifact) -> bool:
-    from pathlib import Path
-
-    from dmc.artifact import read_manifest
-    from dmc.runtimes.policy import has_policy
-
-    return (Path(artifact) / "manifest.json").is_file() and has_policy(read_manifest(artifact, verify=False))
 
 
 # --- dmc check ------------------------------------------------------------------------

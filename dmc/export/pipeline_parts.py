@@ -547,10 +547,7 @@ class PromptConditions:
 
     def wrap(self, pipe):
         """``pipe`` (a sampler ``Pipeline``) whose ``sample`` uses this prompt set when given no conditions."""
-        wrapped = PromptPipeline.__new__(PromptPipeline)
-        wrapped.__dict__.update(pipe.__dict__)
-        wrapped.prompt_conditions = self
-        return wrapped
+        return with_conditions(pipe, self)
 
     def to_json(self) -> dict:
         return {"prompts": len(self.prompts), "source": self.source}
@@ -572,6 +569,15 @@ def _prompt_pipeline_class():
 
 
 PromptPipeline = _prompt_pipeline_class()
+
+
+def with_conditions(pipe, conditions):
+    """``pipe`` whose ``sample`` takes image i's conditions from ``conditions.for_images(first, n)`` when
+    given none: prompts here, a policy's observation histories (``dmc.policies.conditions``)."""
+    wrapped = PromptPipeline.__new__(PromptPipeline)
+    wrapped.__dict__.update(pipe.__dict__)
+    wrapped.prompt_conditions = conditions
+    return wrapped
 
 
 def calibration_conditions(parts: Parts, prompts: list[str] | None) -> PromptConditions:

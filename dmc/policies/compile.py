@@ -112,12 +112,6 @@ def compile_policy(source: str, out: str | Path, options) -> Path:
                                         "host": platform.node()})
 
 
-def _io(value) -> dict:
-    from dmc.compress.pipeline import _io as io
-
-    return io(value)
-
-
 def with_noise_levels(calls, schedule: dict):
     """Each call's ``(alpha, sigma)`` of ``x_t = alpha x0 + sigma eps`` at its timestep, in ``extra``:
     what ``act(warm_start=k)`` noises the previous plan to before the last ``k`` calls."""
@@ -185,41 +179,24 @@ def encode(spec, encoder, obs: dict) -> np.ndarray:
 
 
 def _manifest(spec, ctx, graphs, encoder) -> dict:
-    import diffusers
-    import onnx
-    import torch
+    from dmc.compress.pipeline import artifact_sections
 
-    import dmc
-
-    recipe, denoiser = ctx.recipe, ctx.adapter
-    computes = {**{n: g.computes for n, g in ctx.graphs.items()},
-                ENCODER_GRAPH: "normalised observation history -> the denoiser's condition"}
-    precision = {**{n: g.precision for n, g in ctx.graphs.items()}, ENCODER_GRAPH: "fp32"}
+    denoiser = ctx.adapter
+    described = {n: (graphs[n], g.computes, g.precision) for n, g in ctx.graphs.items()}
+    described[ENCODER_GRAPH] = (graphs[ENCODER_GRAPH], "normalised observation history -> the denoiser's condition",
+                                "fp32")
     return {
         "model": {"class": "DiffusionConditionalUnet1d", "family": "policy", "architecture": "lerobot-diffusion",
-                  "source": str(spec.folder), "source_sha256": _sha(spec.weights), "config": spec.config,
+                  "source": str(spec.folder), "source_sha256": ctx.loaded.sha256, "config": spec.config,
                   "parameters": int(sum(p.numel() for p in denoiser.parameters())
                                     + sum(p.numel() for p in encoder.parameters())),
                   "sample_shape": list(denoiser.sample_shape), "conditioning": denoiser.conditioning().to_json(),
                   "config_assumptions": []},
         "policy": spec.section(),
-        "recipe": recipe.to_json(),
+        "recipe": ctx.recipe.to_json(),
         "training_schedule": spec.schedule,
         "training_schedule_origin": str(spec.folder / "config.json"),
-        "sampler": {"calls": [c.to_json() for c in ctx.calls]},
-        "graphs": {name: {"file": f"graphs/{name}.onnx", "computes": computes[name], "precision": precision[name],
-                          "inputs": [_io(i) for i in g.graph.input], "outputs": [_io(o) for o in g.graph.output]}
-                   for name, g in graphs.items()},
-        "weights": "graphs/weights.bin",
-        "tables": "tables.npz" if ctx.tables else None,
-        "precision": ctx.precision,
-        "target": ctx.target,
-        "backend": ctx.backend,
-        "passes": ctx.passes,
-        "warnings": list(ctx.warnings),
-        "provenance": {"dmc": dmc.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
-                       "diffusers": diffusers.__version__, "python": platform.python_version(),
-                       "seed": recipe.seed},
+        **artifact_sections(ctx, described),
     }
 
 

@@ -52,12 +52,9 @@ class ObservationConditions:
 
     def wrap(self, pipe):
         """``pipe`` whose ``sample`` conditions image ``i`` on history ``i`` when given no conditions."""
-        from dmc.export.pipeline_parts import PromptPipeline
+        from dmc.export.pipeline_parts import with_conditions
 
-        wrapped = PromptPipeline.__new__(PromptPipeline)
-        wrapped.__dict__.update(pipe.__dict__)
-        wrapped.prompt_conditions = self
-        return wrapped
+        return with_conditions(pipe, self)
 
     def to_json(self) -> dict:
         return {"histories": len(self.global_cond), "source": self.source}

@@ -153,14 +153,18 @@ def open_policy(manifest, pipe, *_args) -> Policy:
     return Policy(manifest, pipe)
 
 
-def refuse_policy(artifact, command: str) -> None:
-    """Image commands (``dmc run/eval/bench``) on a policy artifact: one clear line, no traceback."""
+def is_policy_artifact(artifact) -> bool:
+    """Is ``artifact`` a policy's artifact folder? (False for anything else, model sources included.)"""
     from pathlib import Path
 
     from dmc.artifact import read_manifest
 
-    if Path(artifact).is_dir() and (Path(artifact) / "manifest.json").exists() \
-            and has_policy(read_manifest(artifact, verify=False)):
+    return (Path(artifact) / "manifest.json").is_file() and has_policy(read_manifest(artifact, verify=False))
+
+
+def refuse_policy(artifact, command: str) -> None:
+    """Image commands (``dmc run/eval``) on a policy artifact: one clear line, no traceback."""
+    if is_policy_artifact(artifact):
         raise DmcError(f"{artifact} is a robot policy: `{command}` samples images; call "
                        "dmc.runtimes.load(ARTIFACT).act(observations) from Python")
 
