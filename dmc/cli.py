@@ -125,6 +125,10 @@ def _step_plan(sampler: str, sampler_given: bool, steps, calls):
 @click.option("--router-threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
               help="Router: compute where the score r > this (HarmoniCa's rule); default: the budget's best calls.")
 @click.option("--cache-interval", type=click.IntRange(min=1), default=None, help="N: about one full call in N (default 3).")
+@click.option("--cache-budget", type=click.IntRange(min=1), default=None,
+              help="BAC: refreshes per sub-block (default: calls / --cache-interval, rounded up).")
+@click.option("--bac-bubbling", type=click.IntRange(min=0), default=None,
+              help="BAC: upstream sub-blocks bubbling union refreshes with the FFNs below them (default 3).")
 @click.option("--size", type=int, nargs=2, default=None, metavar="H W",
               help="Image size in pixels (static shapes; default: the model's own).")
 @click.option("--calib-prompts", type=click.Path(), default=None,

@@ -105,6 +105,13 @@ def _dp(ctx, cfg, points, num_calls, full_first, seed) -> Schedule:
 def _bac(ctx, cfg, points, num_calls, full_first, seed) -> Schedule:
     from dmc.cache.schedules import bac
 
+    from dmc.cache.schedules import bubbling_blocks
+
     n_bubbling = cfg.n_bubbling if points.ffn else 0
-    return Schedule(bac(points.features(), budget_of(cfg, num_calls), points.ffn, n_bubbling, full_first,
-                        max_variants=cfg.max_variants))
+    budget = budget_of(cfg, num_calls)
+    record = {"budget": budget}
+    if n_bubbling:
+        upstream = bubbling_blocks(points.features(), n_bubbling)
+        record["bubbling"] = {"blocks": upstream, "labels": [points.labels[i] for i in upstream]}
+    return Schedule(bac(points.features(), budget, points.ffn, n_bubbling, full_first,
+                        max_variants=cfg.max_variants), record)

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dmc.cache.schedules import distinct_rows
+from dmc.cache import block_graphs
+from dmc.cache.block_graphs import install_block_graphs, with_flat_forward
 from dmc.errors import DmcError
 
 BRANCHES = ("attn", "mlp")
@@ -80,26 +81,6 @@ def check_supported(model) -> None:
             raise DmcError(f"DiT block {i}: unsupported for caching ({', '.join(problems)})")
 
 
-_FORWARDS: dict[int, type] = {}
-
-
-def _class_with_inputs(n: int) -> type:
-    """A ``DiTCachedStep`` subclass whose ``forward`` has exactly ``n`` cache parameters.
-
-    The ONNX exporter maps the graph's input names onto ``forward``'s named parameters, so the
-    signature must be flat (no ``*args``); the number of cache inputs depends on the pattern.
-    """
-    if n not in _FORWARDS:
-        params = "".join(f", c{i}" for i in range(n))
-        listed = ", ".join(f"c{i}" for i in range(n))
-        src = (f"def forward(self, sample, timestep, class_labels{params}):\n"
-               f"    return self.step(sample, timestep, class_labels, [{listed}])\n")
-        scope: dict = {}
-        exec(src, scope)  # noqa: S102 - generated from integers only
-        _FORWARDS[n] = type(f"DiTCachedStep{n}", (DiTCachedStep,), {"forward": scope["forward"]})
-    return _FORWARDS[n]
-
-
 class DiTCachedStep(nn.Module):
     """One DiT call that computes the branches ``pattern`` marks and reads the others from cache.
 
@@ -112,7 +93,8 @@ class DiTCachedStep(nn.Module):
 
     def __new__(cls, adapter=None, pattern=None, outputs=None):
         if cls is DiTCachedStep and pattern is not None:
-            cls = _class_with_inputs(int(sum(not bool(p) for p in pattern)))
+            cls = with_flat_forward(DiTCachedStep, ("sample", "timestep", "class_labels"),
+                                    int(sum(not bool(p) for p in pattern)))
         return super().__new__(cls)
 
     def __init__(self, adapter, pattern, outputs=None):
@@ -216,40 +198,17 @@ def example_inputs(module: DiTCachedStep, adapter, sample_shape, batch: int = 2)
 
 def graph_names(patterns: list[tuple]) -> list[str]:
     """``full`` for the all-computed pattern, ``dit.p0``, ``dit.p1``, ... for the others (first-use order)."""
-    names, j = [], 0
-    for pat in patterns:
-        if all(pat):
-            names.append("full")
-        else:
-            names.append(f"dit.p{j}")
-            j += 1
-    return names
-
-
-def _opset(ctx) -> int:
-    from dmc.export.onnx_export import DEFAULT_OPSET
-
-    full = ctx.graphs.get("full")
-    if full is not None:
-        for imp in full.onnx.opset_import:
-            if imp.domain in ("", "ai.onnx"):
-                return int(imp.version)
-    return DEFAULT_OPSET
+    return block_graphs.graph_names(patterns, "dit")
 
 
 def build_dit_cache(ctx, cfg, refresh: np.ndarray) -> None:
     """Install per-branch caching for a DiT context.
 
     ``refresh``: ``[K, 2L]`` bool (K = number of model calls, branch order of ``branch_labels``).
-    One graph per distinct row: ``full`` for the all-computed row, ``dit.p<i>`` for the others.
-    Every call's ``graph`` is set, and ``call.extra["cache"] = {"refresh": [...]}``. A computed
-    branch is written as a cache output only when some call reads it from cache. All graphs use
-    the original parameters, so ``write_graphs`` stores the weights once. ``cfg`` (the cache
-    pass's config) is not needed here; the pass records what it did in ``ctx.passes``.
+    One graph per distinct row (``block_graphs.install_block_graphs``): ``full`` for the all-computed
+    row, ``dit.p<i>`` for the others. ``cfg`` (the cache pass's config) is not needed here; the
+    pass records what it did in ``ctx.passes``.
     """
-    from dmc.compress.context import GraphVariant
-    from dmc.export.onnx_export import export_onnx
-
     del cfg
     model = ctx.adapter.model
     check_supported(model)
@@ -258,23 +217,8 @@ def build_dit_cache(ctx, cfg, refresh: np.ndarray) -> None:
     if refresh.shape != (len(ctx.calls), 2 * num_layers):
         raise DmcError(f"DiT cache schedule must be [{len(ctx.calls)} calls, {2 * num_layers} branches], "
                        f"got {list(refresh.shape)}")
-    if not refresh[0].all():
-        raise DmcError("the first model call must compute every branch (nothing is cached before it)")
-    patterns, index = distinct_rows(refresh)
-    read_somewhere = (~refresh).any(axis=0)
-    names = graph_names(patterns)
-    opset = _opset(ctx)
-    variants = {}
-    for name, pattern in zip(names, patterns):
-        outputs = tuple(p and r for p, r in zip(pattern, read_somewhere))
-        module = DiTCachedStep(ctx.adapter, pattern, outputs)
-        graph = export_onnx(module, example_inputs(module, ctx.adapter, ctx.sample_shape),
-                            module.input_names, module.output_names, opset)
-        variants[name] = GraphVariant(graph, module, module.input_names, module.output_names, module.describe())
-    ctx.graphs.update(variants)  # replaces the plain "full" graph with the one that writes caches
-    for k, call in enumerate(ctx.calls):
-        call.graph = names[index[k]]
-        call.extra["cache"] = {"refresh": [bool(v) for v in refresh[k]]}
+    install_block_graphs(ctx, refresh, lambda pattern, outputs: DiTCachedStep(ctx.adapter, pattern, outputs),
+                         lambda step: example_inputs(step, ctx.adapter, ctx.sample_shape), "dit")
 
 
 __all__ = ["DiTCachedStep", "build_dit_cache", "dit_branch_layout",

@@ -6,8 +6,8 @@ UNet (DeepCache + CacheQuant's DPS and DEC cache correction):
   3. fit the per-call, per-channel correction a1[k], b1[k] (``correction.fit_cache_correction``),
   4. replace ``full`` by the full graph that also outputs ``cache.deep``, add ``shallow``, and
      write the call table's columns (``call.graph``, ``call.extra["cache"]``, ``call.extra["tables"]``).
-DiT: record per-sub-block outputs, BAC (or a shared uniform/DP schedule), then the schedules
-engineer's ``dit_blocks.build_dit_cache(ctx, cfg, refresh)`` installs the block-caching graphs.
+DiT and DP-T (Diffusion Policy's transformer): record per-sub-block outputs, BAC (or a shared
+uniform/DP schedule), then ``dit_blocks`` / ``policy_blocks`` install the block-caching graphs.
 
 Everything runs in the FP model before quantization; the quantize pass then calibrates each
 graph on the feeds it receives under this schedule (CacheQuant's joint calibration).
@@ -36,7 +36,7 @@ def schedule_string(refresh) -> str:
     return "".join("F" if r else "." for r in np.asarray(refresh, dtype=bool))
 
 
-AUTO = {"dit": "bac"}  # --cache-schedule auto per family; any other family: "dp"
+AUTO = {"dit": "bac", "policy-transformer": "bac"}  # --cache-schedule auto per family; any other: "dp"
 
 
 def _opset(ctx) -> int:
@@ -194,37 +194,59 @@ def _run_policy(ctx, cfg, full_first, seed) -> None:
 
 
 def _run_dit(ctx, cfg, full_first, seed) -> None:
-    from dmc.cache import features, schedules
-    from dmc.cache.choose import CachePoints, choose
+    from dmc.cache.choose import CachePoints
 
     try:
         from dmc.cache.dit_blocks import build_dit_cache, dit_branch_layout
     except ImportError as e:
         raise DmcError(f"DiT block caching is not available in this build ({e})") from None
-    num_calls = len(ctx.calls)
+    from dmc.cache import features
+
     names, ffn = dit_branch_layout(ctx)
-    num_blocks = len(names)
     blocks = ctx.adapter.model.transformer_blocks
     points = CachePoints(names, ffn, modules=lambda: [m for b in blocks for m in (b.attn1, b.ff)],  # branch order
                          record=lambda: features.record_dit_features(ctx, cfg.num_samples, seed)[0])
+    _run_branches(ctx, cfg, full_first, seed, points, lambda refresh: build_dit_cache(ctx, cfg, refresh), "dit-blocks")
+
+
+def _run_policy_transformer(ctx, cfg, full_first, seed) -> None:
+    """BAC's home ground: DP-T's self-attention, cross-attention and FFN sub-blocks (``policy_blocks.py``)."""
+    from dmc.cache import policy_blocks
+    from dmc.cache.choose import CachePoints
+
+    from dmc.cache.features import _record
+
+    names, ffn = policy_blocks.branch_layout(ctx.adapter)
+    modules = lambda: policy_blocks.branch_modules(ctx.adapter)  # noqa: E731
+    points = CachePoints(names, ffn, modules=modules, record=lambda: _record(ctx, modules(), cfg.num_samples, seed))
+    _run_branches(ctx, cfg, full_first, seed, points, lambda refresh: policy_blocks.build_policy_cache(ctx, refresh),
+                  "dpt-blocks")
+
+
+def _run_branches(ctx, cfg, full_first, seed, points, build, method) -> None:
+    """Per-branch caching: choose a refresh mask per branch from ``points`` (recorded on the FP
+    trajectory on first use), then ``build(refresh)`` installs the graphs."""
+    from dmc.cache import schedules
+    from dmc.cache.choose import choose
+
+    num_calls, names = len(ctx.calls), points.labels
     chosen = choose(ctx, cfg, points, num_calls, full_first, seed)
     refresh = chosen.refresh
-    build_dit_cache(ctx, cfg, refresh)
+    build(refresh)
     patterns, _ = schedules.distinct_rows(refresh)
     forecast = None
     if cfg.method == "forecast":
-        from dmc.cache.dit_blocks import cache_names
         from dmc.cache.forecast import annotate_calls
 
-        forecast = annotate_calls(ctx.calls, refresh, cache_names(num_blocks // 2), cfg.order)
+        forecast = annotate_calls(ctx.calls, refresh, [f"cache.{n}" for n in names], cfg.order)
     ctx.passes.append({
         "name": "cache",
-        "method": "dit-blocks",
+        "method": method,
         "config": cfg.to_json(),
         "full_first": full_first,
         "seed": seed,
         "blocks": names,
-        "ffn_blocks": ffn,
+        "ffn_blocks": points.ffn,
         "refresh": refresh.astype(bool).tolist(),
         "schedule": schedule_string(refresh.all(axis=1)),
         "distinct_patterns": len(patterns),
@@ -236,4 +258,4 @@ def _run_dit(ctx, cfg, full_first, seed) -> None:
 
 
 # adapter family -> handler; any other family is an image UNet (DeepCache on up_blocks)
-FAMILY_HANDLERS = {"dit": _run_dit, "policy": _run_policy}
+FAMILY_HANDLERS = {"dit": _run_dit, "policy": _run_policy, "policy-transformer": _run_policy_transformer}

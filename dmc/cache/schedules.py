@@ -219,6 +219,12 @@ def caching_error(block_features: np.ndarray) -> np.ndarray:
     return np.asarray(errs)
 
 
+def bubbling_blocks(block_features: np.ndarray, n_bubbling: int) -> list[int]:
+    """BAC's upstream set U (§6.3 stage 1): the ``n_bubbling`` blocks with the largest caching error."""
+    err = caching_error(np.asarray(block_features))
+    return [int(i) for i in np.argsort(-err, kind="stable")[:n_bubbling]]
+
+
 def bubbling_union(refresh: np.ndarray, upstream: list[int], ffn_blocks: list[int]) -> np.ndarray:
     """BAC's Bubbling Union (§6.3): each upstream block also refreshes whenever an FFN block at
     the same or a deeper position (block index >= its own) refreshes."""
@@ -317,14 +323,12 @@ def bac(block_features: np.ndarray, budget: int, ffn_blocks: list[int], n_bubbli
         for b in range(num_blocks)
     ], axis=1)
     if n_bubbling > 0:
-        err = caching_error(block_features)
-        upstream = [int(i) for i in np.argsort(-err, kind="stable")[:n_bubbling]]
-        refresh = bubbling_union(refresh, upstream, list(ffn_blocks))
+        refresh = bubbling_union(refresh, bubbling_blocks(block_features, n_bubbling), list(ffn_blocks))
     if max_variants is not None:
         refresh = cap_variants(refresh, max_variants)
     refresh[:_check_full_first(num_calls, full_first)] = True
     return refresh
 
 
-__all__ = ["uniform", "cachequant_dp", "bac", "acs", "bubbling_union", "cap_variants", "caching_error",
+__all__ = ["uniform", "cachequant_dp", "bac", "acs", "bubbling_blocks", "bubbling_union", "cap_variants", "caching_error",
            "similarity_matrix", "distinct_rows", "partition_cost"]

@@ -133,12 +133,12 @@ def _context(spec, denoiser, recipe, calls, full, options):
     from dmc.compress.context import CompileContext, GraphVariant
     from dmc.models.loading import LoadedModel
 
-    loaded = LoadedModel(denoiser, "DiffusionConditionalUnet1d", spec.config, spec.schedule, str(spec.folder),
-                         spec.weights, _sha(spec.weights), family="policy",
+    loaded = LoadedModel(denoiser, denoiser.class_name, spec.config, spec.schedule, str(spec.folder),
+                         spec.weights, _sha(spec.weights), family=denoiser.family,
                          scheduler_origin=str(spec.folder / "config.json"))
     ctx = CompileContext(loaded, denoiser, recipe, calls, progress=options.progress, device="cpu")
     ctx.graphs["full"] = GraphVariant(full, denoiser, list(DENOISER_INPUTS), [OUTPUT_NAME],
-                                      "the denoiser (conditional 1D UNet)")
+                                      denoiser.describe)
     return ctx
 
 
@@ -152,8 +152,9 @@ def calibration_conditions(spec, encoder, options, warnings: list):
 
     path = getattr(options, "calib_observations", None)
     if not path:
-        warnings.append("INT8 calibrated on synthetic observations (uniform over the normalised range); pass "
-                        "--calib-observations FILE.npz recorded on the robot for representative activation ranges")
+        warnings.append("INT8 ranges / cache schedule fitted on synthetic observations (uniform over the "
+                        "normalised range); pass --calib-observations FILE.npz recorded on the robot for "
+                        "representative trajectories")
         return ObservationConditions(encode(spec, encoder, verification_observations(spec, 64, CALIB_SEED)),
                                      "synthetic"), None
     obs = read_observations(path, spec)
@@ -186,7 +187,7 @@ def _manifest(spec, ctx, graphs, encoder) -> dict:
     described[ENCODER_GRAPH] = (graphs[ENCODER_GRAPH], "normalised observation history -> the denoiser's condition",
                                 "fp32")
     return {
-        "model": {"class": "DiffusionConditionalUnet1d", "family": "policy", "architecture": "lerobot-diffusion",
+        "model": {"class": denoiser.class_name, "family": denoiser.family, "architecture": "lerobot-diffusion",
                   "source": str(spec.folder), "source_sha256": ctx.loaded.sha256, "config": spec.config,
                   "parameters": int(sum(p.numel() for p in denoiser.parameters())
                                     + sum(p.numel() for p in encoder.parameters())),

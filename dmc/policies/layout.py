@@ -24,6 +24,9 @@ DEFAULTS = {"type": "diffusion", "n_obs_steps": 2, "horizon": 16, "n_action_step
             "beta_schedule": "squaredcos_cap_v2", "beta_start": 0.0001, "beta_end": 0.02,
             "prediction_type": "epsilon", "clip_sample": True, "clip_sample_range": 1.0,
             "num_inference_steps": None}
+# Diffusion Policy's transformer (DP-T) at its image-config size, for ``noise_net="transformer"``
+TRANSFORMER_DEFAULTS = {"n_layer": 8, "n_head": 4, "n_emb": 256, "causal_attn": True, "n_cond_layers": 0,
+                        "p_drop_emb": 0.0, "p_drop_attn": 0.3}
 
 
 def write_policy(folder: str | Path, inputs: dict[str, tuple[str, tuple]], action_dim: int,
@@ -37,7 +40,8 @@ def write_policy(folder: str | Path, inputs: dict[str, tuple[str, tuple]], actio
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    cfg = {**DEFAULTS, **config,
+    base = {**DEFAULTS, **(TRANSFORMER_DEFAULTS if config.get("noise_net") == "transformer" else {})}
+    cfg = {**base, **config,
            "input_features": {k: {"type": t, "shape": list(s)} for k, (t, s) in inputs.items()},
            "output_features": {"action": {"type": "ACTION", "shape": [action_dim]}}}
     (folder / "config.json").write_text(json.dumps(cfg, indent=1))
@@ -60,13 +64,14 @@ def random_weights(folder: Path, seed: int) -> dict:
     """dmc's modules for the config at ``folder``, freshly initialised, under LeRobot's names."""
     import torch
 
-    from dmc.policies.lerobot import read_policy_config
-    from dmc.policies.model import build_unet
+    from dmc.policies.lerobot import NOISE_NETS, read_policy_config
+    from dmc.policies.model import build_network
     from dmc.policies.vision import RgbEncoder
 
     torch.manual_seed(seed)
     spec = read_policy_config(folder)
-    weights = {f"diffusion.unet.{k}": v for k, v in build_unet(spec).state_dict().items()}
+    prefix = NOISE_NETS[spec.noise_net].prefix
+    weights = {prefix + k: v for k, v in build_network(spec).state_dict().items()}
     c = spec.config
     if spec.images:
         separate = bool(c.get("use_separate_rgb_encoder_per_camera"))

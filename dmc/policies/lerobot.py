@@ -28,6 +28,19 @@ from dmc.errors import DmcError
 from dmc.models.safetensors_file import read_header, refuse_pickle
 
 POLICY_TYPES = ("diffusion",)
+# config.json's "noise_net" (a dmc extension; LeRobot itself ships the UNet only) -> the weights' key
+# prefix and the config keys its architecture needs. "transformer" is Diffusion Policy's DP-T
+# (``TransformerForDiffusion``), saved in LeRobot's layout under ``diffusion.transformer.``.
+@dataclass(frozen=True)
+class NoiseNetLayout:
+    prefix: str
+    needs: tuple[str, ...]  # config keys without a default
+    only: dict = field(default_factory=dict)  # config key -> the one value dmc implements
+
+
+NOISE_NETS = {"unet": NoiseNetLayout("diffusion.unet.", ("down_dims",)),
+              "transformer": NoiseNetLayout("diffusion.transformer.", ("n_layer", "n_head", "n_emb"),
+                                            {"n_cond_layers": 0, "time_as_cond": True, "obs_as_cond": True})}
 WEIGHTS = "model.safetensors"
 PREPROCESSOR = "policy_preprocessor.json"
 STATS_OF_MODE = {"MEAN_STD": ("mean", "std"), "MIN_MAX": ("min", "max"), "QUANTILES": ("q01", "q99"),
@@ -87,6 +100,10 @@ class PolicySpec:
     def inference_steps(self) -> int:
         steps = self.config.get("num_inference_steps")
         return int(steps) if steps else int(self.schedule["num_train_timesteps"])
+
+    @property
+    def noise_net(self) -> str:
+        return str(self.config.get("noise_net", "unet"))
 
     @property
     def images(self) -> list[Feature]:
@@ -207,9 +224,16 @@ def read_policy(source: str | Path, weights: bool = True) -> PolicySpec:
     actions = [f for f in outputs if f.key == "action"]
     if len(actions) != 1 or len(actions[0].shape) != 1:
         raise DmcError(f"{folder}: output_features must hold one 'action' vector")
-    for key in ("horizon", "n_obs_steps", "n_action_steps", "down_dims"):
+    net = config.get("noise_net", "unet")
+    if net not in NOISE_NETS:
+        raise DmcError(f"{folder}: noise_net {net!r} is not supported (supported: {', '.join(NOISE_NETS)})")
+    layout = NOISE_NETS[net]
+    for key in ("horizon", "n_obs_steps", "n_action_steps", *layout.needs):
         if key not in config:
             raise DmcError(f"{folder}: config.json has no {key!r}")
+    for key, value in layout.only.items():
+        if key in config and config[key] != value:
+            raise DmcError(f"{folder}: {key}={config[key]!r} is not supported for a {net} policy (only {value!r})")
     cfg = {**SCHEDULER_DEFAULTS, **config}
     kind = cfg["noise_scheduler_type"]
     if kind not in ("DDPM", "DDIM"):
@@ -242,6 +266,6 @@ def read_policy(source: str | Path, weights: bool = True) -> PolicySpec:
         normalization[f.key] = {"mode": mode, **{s: keep(have[s]).tolist() for s in need}}
     if weights:
         header, _ = read_header(path)
-        if not any(k.startswith("diffusion.unet.") for k in header):
-            raise DmcError(f"{folder}: {WEIGHTS} holds no diffusion.unet.* weights")
+        if not any(k.startswith(layout.prefix) for k in header):
+            raise DmcError(f"{folder}: {WEIGHTS} holds no {layout.prefix}* weights")
     return PolicySpec(folder, config, observations, actions[0], normalization, eps, origin, path, schedule)

@@ -14,6 +14,7 @@ from torch import nn
 
 from dmc.errors import DmcError
 from dmc.policies.lerobot import VISUAL, PolicySpec
+from dmc.policies.transformer1d import TransformerForDiffusion
 from dmc.policies.unet1d import ConditionalUnet1d
 
 DENOISER_INPUTS = ["sample", "timestep", "global_cond"]
@@ -21,14 +22,20 @@ DENOISER_INPUTS = ["sample", "timestep", "global_cond"]
 
 class Denoiser(nn.Module):
     """The graph the sampler calls; also the adapter the compile passes see (``dmc.models.adapters``):
-    ``sample_shape`` ``(horizon, action_dim)``, one conditioning input ``global_cond``."""
+    ``sample_shape`` ``(horizon, action_dim)``, one conditioning input ``global_cond``.
+    ``family`` picks the cache pass's handler; ``class_name``/``describe`` go to the manifest."""
 
     family = "policy"
+    class_name = "DiffusionConditionalUnet1d"
+    describe = "the denoiser (conditional 1D UNet)"
 
     def __init__(self, unet: ConditionalUnet1d, horizon: int, action_dim: int, cond_dim: int):
         super().__init__()
         self.unet = unet
         self.model = unet
+        self._init(horizon, action_dim, cond_dim)
+
+    def _init(self, horizon: int, action_dim: int, cond_dim: int) -> None:
         self.sample_shape = (horizon, action_dim)
         self.cond_dim = cond_dim
         self.input_names = list(DENOISER_INPUTS)
@@ -43,6 +50,27 @@ class Denoiser(nn.Module):
 
     def forward(self, sample, timestep, global_cond):
         return self.unet(sample, timestep, global_cond)
+
+
+class TransformerDenoiser(Denoiser):
+    """DP-T: the flat condition ``[B, n_obs_steps * per_step]`` (what the observation encoder gives,
+    step-major) becomes one token per observation step."""
+
+    family = "policy-transformer"
+    class_name = "TransformerForDiffusion"
+    describe = "the denoiser (Diffusion Policy transformer, DP-T)"
+
+    def __init__(self, transformer: TransformerForDiffusion, horizon: int, action_dim: int, cond_dim: int):
+        nn.Module.__init__(self)
+        self.transformer = transformer
+        self.model = transformer
+        self._init(horizon, action_dim, cond_dim)
+
+    def tokens(self, global_cond):
+        return global_cond.unflatten(1, (self.transformer.n_obs_steps, -1))
+
+    def forward(self, sample, timestep, global_cond):
+        return self.transformer(sample, timestep, self.tokens(global_cond))
 
 
 class ObservationEncoderBase(nn.Module):
@@ -111,15 +139,39 @@ def build_unet(spec: PolicySpec) -> ConditionalUnet1d:
                              film_scale=bool(c.get("use_film_scale_modulation", True)))
 
 
+def build_transformer(spec: PolicySpec) -> TransformerForDiffusion:
+    c = spec.config
+    return TransformerForDiffusion(spec.action.shape[0], spec.horizon, spec.n_obs_steps,
+                                   spec.global_cond_dim // spec.n_obs_steps, n_layer=int(c["n_layer"]),
+                                   n_head=int(c["n_head"]), n_emb=int(c["n_emb"]),
+                                   causal_attn=bool(c.get("causal_attn", True)))
+
+
+# config.json's noise_net -> (build the network, wrap it as the denoiser); key prefixes in lerobot.NOISE_NETS
+NETWORKS = {"unet": (build_unet, Denoiser), "transformer": (build_transformer, TransformerDenoiser)}
+
+
+def build_network(spec: PolicySpec) -> nn.Module:
+    return NETWORKS[spec.noise_net][0](spec)
+
+
 def load_denoiser(spec: PolicySpec) -> Denoiser:
-    """The denoiser with the folder's ``diffusion.unet.*`` weights (every tensor checked by name and shape)."""
+    """The denoiser with the folder's ``diffusion.unet.*`` (or ``diffusion.transformer.*``) weights,
+    every tensor checked by name and shape."""
     from safetensors.torch import load_file
 
-    unet = build_unet(spec)
-    state = {k[len("diffusion.unet."):]: v for k, v in load_file(str(spec.weights)).items()
-             if k.startswith("diffusion.unet.")}
-    _load_checked(unet, state, spec, "diffusion.unet.")
-    return Denoiser(unet, spec.horizon, spec.action.shape[0], spec.global_cond_dim).eval().requires_grad_(False)
+    from dmc.policies.lerobot import NOISE_NETS
+
+    build, wrap = NETWORKS[spec.noise_net]
+    prefix = NOISE_NETS[spec.noise_net].prefix
+    net = build(spec)
+    state = {k[len(prefix):]: v for k, v in load_file(str(spec.weights)).items() if k.startswith(prefix)}
+    for name in getattr(net, "DERIVED", ()):
+        saved = state.pop(name, None)
+        if saved is not None and not torch.equal(saved.to(torch.float32), getattr(net, name)):
+            raise DmcError(f"{spec.weights}: {prefix}{name} differs from the one config.json implies")
+    _load_checked(net, state, spec, prefix)
+    return wrap(net, spec.horizon, spec.action.shape[0], spec.global_cond_dim).eval().requires_grad_(False)
 
 
 def _load_checked(module: nn.Module, state: dict, spec: PolicySpec, prefix: str) -> None:
