@@ -43,10 +43,13 @@ def benchmark_policy(artifact: str, repeats: int = 20, warmup: int = 2, threads:
         if i >= warmup:
             times.append(time.perf_counter() - t)
     calls = warm_start if warm_start is not None else len(policy.pipe.calls)
-    result = {"artifact": str(artifact), "kind": "policy", "chunks": repeats, "model_calls_per_chunk": calls,
+    median = float(np.median(times))
+    result = {"format": "dmc-bench", "format_version": 1, "artifact": str(artifact), "kind": "policy",
+              "chunks": repeats, "warmup": warmup, "model_calls_per_chunk": calls,
               "n_action_steps": policy.n_action_steps, "threads": threads,
-              "median_s": float(np.median(times)), "p99_s": float(np.percentile(times, 99)),
-              "max_s": float(np.max(times))}
+              "median_s": median, "p90_s": float(np.percentile(times, 90)), "p99_s": float(np.percentile(times, 99)),
+              "max_s": float(np.max(times)),
+              "noise": (float(np.percentile(times, 90)) - median) / median}  # relative p90-median spread
     if control_hz:
         period = policy.n_action_steps / control_hz
         result.update({"control_hz": control_hz, "period_s": period,

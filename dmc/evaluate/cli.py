@@ -77,8 +77,12 @@ LIMIT = _Limit()
                    "default: dmc's built-in evaluation prompts.")
 @click.option("--threads", type=int, default=None, help="CPU threads for ONNX Runtime and torch.")
 @click.option("--per-image", is_flag=True, help="Include per-image RMSE/PSNR/SSIM lists in the JSON.")
+@click.option("--episodes", type=click.IntRange(min=1), default=None, show_default="50",
+              help="Policies: seeded episodes of the task (closed-loop rollouts).")
+@click.option("--task", default=None, show_default="reach-push", help="Policies: the simulated task to act in.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
-def eval_cmd(artifact, reference, n, seed, features, batch_size, prompts_file, threads, per_image, as_json):
+def eval_cmd(artifact, reference, n, seed, features, batch_size, prompts_file, threads, per_image, as_json,
+             episodes=None, task=None):
     """Compare ARTIFACT's samples with a reference from identical seeds and class labels.
 
     Reports paired per-image RMSE / PSNR / SSIM (mean and worst), the Frechet distance to the
@@ -96,11 +100,21 @@ def eval_cmd(artifact, reference, n, seed, features, batch_size, prompts_file, t
       dmc eval demo.dmc --features pt_inception-2015-12-05-6726825d.pth
       dmc eval sd-int8.dmc --reference sd-pipeline/ --n 48 --prompts my-prompts.txt
       torchrun --nproc_per_node 2 -m dmc.evaluate.distributed demo.dmc --reference demo --num-images 1000
+
+    A robot policy artifact is judged by task success: closed-loop episodes of a simulated task
+    (--task, --episodes, seeds from --seed), the success rate with its 95% Wilson interval and, with
+    --reference ARTIFACT, the action error against it under the same noise:
+
+    \b
+      dmc eval policy-int8.dmc --episodes 50 --reference policy-fp32.dmc
     """
     from dmc.evaluate.distributed import Comm
-    from dmc.runtimes.policy import refuse_policy
+    from dmc.runtimes.policy import is_policy_artifact
 
-    refuse_policy(artifact, "dmc eval")
+    if is_policy_artifact(artifact):
+        return _eval_policy(artifact, reference, episodes or n, seed, task, threads, as_json)
+    if episodes is not None or task is not None:
+        raise DmcError("--episodes/--task are for robot policy artifacts; this one samples images (use --n)")
     from dmc.evaluate.evaluate import DEFAULT_BATCH, DEFAULT_N, evaluate, format_eval
 
     _threads(threads)
@@ -119,6 +133,21 @@ def eval_cmd(artifact, reference, n, seed, features, batch_size, prompts_file, t
         _dump(result)
     else:
         click.echo(format_eval(result))
+
+
+def _eval_policy(artifact, reference, episodes, seed, task, threads, as_json) -> None:
+    from dmc.evaluate.bench import is_artifact_path
+    from dmc.evaluate.policy_eval import DEFAULT_EPISODES, DEFAULT_SEED, DEFAULT_TASK, evaluate_policy, format_policy_eval
+
+    if reference is not None and not is_artifact_path(reference):
+        raise DmcError(f"--reference {reference}: a policy is compared with another policy artifact (e.g. its FP32 one)")
+    _threads(threads)
+    result = evaluate_policy(artifact, episodes or DEFAULT_EPISODES, DEFAULT_SEED if seed is None else seed,
+                             task or DEFAULT_TASK, reference, threads, progress=not as_json)
+    if as_json:
+        _dump(result)
+    else:
+        click.echo(format_policy_eval(result))
 
 
 # --- dmc bench ------------------------------------------------------------------------
@@ -196,6 +225,10 @@ def measure(artifact: str, baseline: dict | None, reference: str | None, n: int 
     base = merge_documents([baseline]) if baseline else {"eval": None, "bench": None}
     be, bb = base["eval"] or {}, base["bench"] or {}
     doc = {"format": MEASUREMENT_FORMAT, "format_version": 1, "eval": None, "bench": None}
+    from dmc.runtimes.policy import is_policy_artifact
+
+    if is_policy_artifact(artifact):
+        return _measure_policy(doc, artifact, be, bb, reference, n, seed, repeats, threads, do_eval, do_bench)
     if do_eval:
         ref = reference
         if ref is None:  # the baseline's reference when it is still here, else the artifact's source model
@@ -222,6 +255,24 @@ def measure(artifact: str, baseline: dict | None, reference: str | None, n: int 
     return doc
 
 
+def _measure_policy(doc, artifact, be, bb, reference, n, seed, repeats, threads, do_eval, do_bench) -> dict:
+    """``measure`` for a policy: task success (the baseline's task, episodes and seeds) and chunk latency."""
+    from dmc.evaluate.bench_policy import benchmark_policy
+    from dmc.evaluate.policy_eval import DEFAULT_EPISODES, DEFAULT_SEED, DEFAULT_TASK, evaluate_policy
+
+    if do_eval:
+        ref = reference or (be.get("reference") or {}).get("path")
+        ref = ref if ref and Path(ref).exists() else None
+        doc["eval"] = evaluate_policy(artifact, n or be.get("episodes") or DEFAULT_EPISODES,
+                                      seed if seed is not None else be.get("seed", DEFAULT_SEED),
+                                      be.get("task") or DEFAULT_TASK, ref, threads, progress=True)
+    if do_bench:
+        doc["bench"] = benchmark_policy(artifact, repeats=repeats or bb.get("chunks") or 20,
+                                        threads=threads if threads is not None else bb.get("threads"),
+                                        control_hz=bb.get("control_hz"))
+    return doc
+
+
 def _features_spec(eval_doc: dict) -> str | None:
     name = (eval_doc.get("frechet") or {}).get("features")
     if not name or name.startswith("digits"):
@@ -244,7 +295,11 @@ def _features_spec(eval_doc: dict) -> str | None:
 @click.option("--max-accuracy-drop", type=LIMIT, default=None, help="Max drop of classifier accuracy.")
 @click.option("--max-psnr-drop", type=LIMIT, default=None,
               help="Max drop (dB) of mean PSNR below the baseline's own (capped at psnr_ceiling).")
-@click.option("--max-latency-ratio", type=LIMIT, default=None, help="Max current/baseline time per image.")
+@click.option("--max-latency-ratio", type=LIMIT, default=None,
+              help="Max current/baseline time per image (per action chunk for a policy).")
+@click.option("--max-success-drop", type=LIMIT, default=None,
+              help="Policies: max drop of the task success rate below the baseline's (same task, episodes, seeds).")
+@click.option("--min-success-rate", type=LIMIT, default=None, help="Policies: min task success rate.")
 @click.option("--latency-tolerance", type=float, default=None,
               help="Relative tolerance on the latency ratio (the measured noise is used when larger).")
 @click.option("--config", "config", type=click.Path(dir_okay=False), default="pyproject.toml", show_default=True,
@@ -252,7 +307,8 @@ def _features_spec(eval_doc: dict) -> str | None:
 @click.option("--junit", type=click.Path(dir_okay=False), default=None,
               help="Write JUnit XML (one testcase per threshold).")
 @click.option("--reference", default=None, metavar="MODEL_OR_ARTIFACT", help="ARTIFACT mode: eval reference.")
-@click.option("--n", "n", type=int, default=None, help="ARTIFACT mode: images (default: the baseline's N).")
+@click.option("--n", "n", type=int, default=None,
+              help="ARTIFACT mode: images, or a policy's episodes (default: the baseline's).")
 @click.option("--seed", type=int, default=None, help="ARTIFACT mode: seed (default: the baseline's).")
 @click.option("--features", default=None, help="ARTIFACT mode: Frechet features (as `dmc eval`).")
 @click.option("--repeats", type=int, default=None, help="ARTIFACT mode: bench runs (default: the baseline's).")
@@ -270,7 +326,8 @@ def _features_spec(eval_doc: dict) -> str | None:
 @click.pass_context
 def check_cmd(ctx, current, baselines, write_baseline, max_fd_increase, max_fd_above_ci, min_psnr, min_psnr_worst, min_ssim,
               max_accuracy_drop, max_psnr_drop, max_latency_ratio, latency_tolerance, config, junit, reference, n, seed,
-              features, repeats, threads, vs, prompts_file, no_eval, no_bench, no_memory, as_json):
+              features, repeats, threads, vs, prompts_file, no_eval, no_bench, no_memory, as_json,
+              max_success_drop=None, min_success_rate=None):
     """Fail (exit 1) when CURRENT regresses against --baseline.
 
     CURRENT is one or more measurement JSON files (`dmc eval --json`, `dmc bench --json`, merged
@@ -316,7 +373,8 @@ def check_cmd(ctx, current, baselines, write_baseline, max_fd_increase, max_fd_a
         raise DmcError("--baseline BASELINE.json is required (or --write-baseline PATH to create one)")
     overrides = {"max_fd_increase": max_fd_increase, "max_fd_above_ci": max_fd_above_ci, "min_psnr": min_psnr, "min_psnr_worst": min_psnr_worst,
                  "min_ssim": min_ssim, "max_accuracy_drop": max_accuracy_drop, "max_psnr_drop": max_psnr_drop,
-                 "max_latency_ratio": max_latency_ratio, "latency_tolerance": latency_tolerance}
+                 "max_latency_ratio": max_latency_ratio, "latency_tolerance": latency_tolerance,
+                 "max_success_drop": max_success_drop, "min_success_rate": min_success_rate}
     thresholds, source = load_thresholds(overrides, config)
     result = check(baseline, doc, thresholds)
     result["thresholds_from"] = source

@@ -46,6 +46,10 @@ class Thresholds:
     psnr_ceiling: float = 60.0
     max_latency_ratio: float | None = 1.10
     latency_tolerance: float = 0.10
+    # Policies: the task success rate over the same seeded episodes (an unchanged artifact reproduces it
+    # exactly). The drop allowed is absolute (0.10 = ten points); the floor is off unless set.
+    max_success_drop: float | None = 0.10
+    min_success_rate: float | None = None
 
     @classmethod
     def names(cls) -> list[str]:
@@ -154,6 +158,20 @@ def check(baseline: dict, current: dict, thresholds: Thresholds) -> dict:
     base, cur = merge_documents([baseline]), merge_documents([current])
     be, ce, bb, cb = base["eval"], cur["eval"], base["bench"], cur["bench"]
     rows, notes = [], []
+    t = thresholds
+    if "policy" in (_get(be, "kind"), _get(ce, "kind")):
+        rows += _success_rows(be, ce, t, notes)
+    else:
+        rows += _image_rows(be, ce, t, notes)
+    if t.max_latency_ratio is not None:
+        rows.append(_latency_row(bb, cb, t))
+    failed = [r for r in rows if r["status"] == "failed"]
+    return {"passed": not failed, "checks": rows, "notes": notes, "thresholds": asdict(t)}
+
+
+def _image_rows(be: dict | None, ce: dict | None, t: Thresholds, notes: list) -> list[dict]:
+    """Image quality: Frechet distance, paired PSNR/SSIM against the reference, classifier accuracy."""
+    rows = []
     if be and ce:
         for key in ("n", "seed"):
             if be.get(key) != ce.get(key):
@@ -164,8 +182,6 @@ def check(baseline: dict, current: dict, thresholds: Thresholds) -> dict:
                          "comparable")
         if _get(be, "frechet", "features") != _get(ce, "frechet", "features"):
             notes.append("Frechet features differ between baseline and current: FD values are not comparable")
-    t = thresholds
-
     if t.max_fd_increase is not None:
         b, c = _get(be, "frechet", "fd"), _get(ce, "frechet", "fd")
         if b is None or c is None:
@@ -201,10 +217,38 @@ def check(baseline: dict, current: dict, thresholds: Thresholds) -> dict:
             rows.append(_row("accuracy_drop", "classifier accuracy drop", b, c, t.max_accuracy_drop, "<=",
                              "passed" if b - c <= t.max_accuracy_drop else "failed",
                              f"accuracy {b:.3f} -> {c:.3f} ({c - b:+.3f})"))
-    if t.max_latency_ratio is not None:
-        rows.append(_latency_row(bb, cb, t))
-    failed = [r for r in rows if r["status"] == "failed"]
-    return {"passed": not failed, "checks": rows, "notes": notes, "thresholds": asdict(t)}
+    return rows
+
+
+def _success_rows(be: dict | None, ce: dict | None, t: Thresholds, notes: list) -> list[dict]:
+    """Policies: task success rate against the baseline's (and an absolute floor)."""
+    rows = []
+    b, c = _get(be, "rollout", "success_rate"), _get(ce, "rollout", "success_rate")
+    if be and ce and b is not None and c is not None:
+        for key in ("task", "episodes", "seed"):
+            if be.get(key) != ce.get(key):
+                notes.append(f"policy eval {key} differs (baseline {be.get(key)}, current {ce.get(key)}): "
+                             "success rates over different episodes are not comparable one to one")
+    ci = f"current 95% CI [{_get(ce, 'rollout', 'ci_low'):.2f}, {_get(ce, 'rollout', 'ci_high'):.2f}]" \
+        if c is not None else ""
+    if t.max_success_drop is not None:
+        metric = "task success rate drop"
+        if b is None or c is None:
+            rows.append(_row("success_drop", metric, b, c, t.max_success_drop, "<=", "skipped",
+                             "needs policy eval results in both documents"))
+        else:
+            rows.append(_row("success_drop", metric, b, c, t.max_success_drop, "<=",
+                             "passed" if b - c <= t.max_success_drop else "failed",
+                             f"success {b:.1%} -> {c:.1%} ({c - b:+.1%}); {ci}") | {"value": b - c})
+    if t.min_success_rate is not None:
+        metric = "task success rate"
+        if c is None:
+            rows.append(_row("min_success_rate", metric, b, c, t.min_success_rate, ">=", "skipped",
+                             "needs policy eval results in the current document"))
+        else:
+            rows.append(_row("min_success_rate", metric, b, c, t.min_success_rate, ">=",
+                             "passed" if c >= t.min_success_rate else "failed", ci))
+    return rows
 
 
 def _fd_ci_row(be: dict | None, ce: dict | None, t: Thresholds) -> dict:
@@ -234,6 +278,8 @@ def _psnr_drop_row(be: dict | None, ce: dict | None, t: Thresholds) -> dict:
 
 
 def _latency_row(bb: dict | None, cb: dict | None, t: Thresholds) -> dict:
+    if _get(cb, "kind") == "policy" or _get(bb, "kind") == "policy":
+        return _chunk_latency_row(bb, cb, t)
     metric = "latency ratio per image (current / baseline)"
     vs_ratio = _get(cb, "ratio", "end_to_end")
     # Measured interleaved against another artifact (the baseline) in one process: the robust way.
@@ -257,6 +303,20 @@ def _latency_row(bb: dict | None, cb: dict | None, t: Thresholds) -> dict:
     return _row("latency_ratio", metric, b, c, limit, "<=", "passed" if ratio <= limit else "failed",
                 f"ratio {ratio:.3f} ({how}); limit {t.max_latency_ratio:g} x (1 + tolerance {tol:.3f})"
                 + ("" if tol == t.latency_tolerance else " (measured noise)")) | {"value": ratio}
+
+
+def _chunk_latency_row(bb: dict | None, cb: dict | None, t: Thresholds) -> dict:
+    metric = "latency ratio per action chunk (current / baseline)"
+    b, c = _get(bb, "median_s"), _get(cb, "median_s")
+    if b is None or c is None:
+        return _row("latency_ratio", metric, b, c, t.max_latency_ratio, "<=", "skipped",
+                    "needs policy bench results in both documents")
+    ratio = c / b
+    tol = max(t.latency_tolerance, _get(bb, "noise") or 0.0, _get(cb, "noise") or 0.0)
+    limit = t.max_latency_ratio * (1 + tol)
+    return _row("latency_ratio", metric, b, c, limit, "<=", "passed" if ratio <= limit else "failed",
+                f"median per chunk {b * 1e3:.1f} -> {c * 1e3:.1f} ms, ratio {ratio:.3f} (separate runs); "
+                f"limit {t.max_latency_ratio:g} x (1 + tolerance {tol:.3f})") | {"value": ratio}
 
 
 def _value(row: dict) -> float | None:

@@ -31,7 +31,9 @@ GOAL = np.array([0.5, 0.5])
 SUCCESS_RADIUS = 0.05
 AGENT_RADIUS, OBJECT_RADIUS = 0.02, 0.05
 CONTACT_DISTANCE = AGENT_RADIUS + OBJECT_RADIUS
-MAX_STEP = 0.02  # agent travel per control step; the expert needs 17-62 steps (mean 34)
+# agent travel per control step; the expert needs 17-62 steps (mean 34). Small enough that a chunk of
+# 8 open-loop actions covers 0.16: at 0.03 a trained policy's open-loop pushes missed the goal often
+MAX_STEP = 0.02
 SUBSTEPS = 5  # sub-step travel (0.004) << CONTACT_DISTANCE, so contact never tunnels
 MAX_STEPS = 120
 # the object starts in this annulus around the goal, far enough that reaching it needs pushing
@@ -178,3 +180,22 @@ def success_rate(act: Callable[[dict], np.ndarray], seeds, n_obs_steps: int, n_a
 def expert_policy(history: dict) -> np.ndarray:
     """The expert as an ``act`` for ``rollout`` (one action per call, from the latest observation)."""
     return expert_action(np.asarray(history[STATE_KEY])[-1])[None]
+
+
+def expert_histories(seeds, n_obs_steps: int = 2, every: int = 4) -> dict[str, np.ndarray]:
+    """Observation histories the expert visits (every ``every``-th step of an episode per seed), as
+    ``--calib-observations`` takes them: ``{"observation.state": [N, n_obs_steps, STATE_DIM]}``.
+    Calibrating INT8 ranges and cache schedules on these, instead of synthetic histories, keeps them
+    on the states the policy will meet."""
+    histories = []
+    for seed in seeds:
+        task = ReachPushTask()
+        obs = task.reset(int(seed))
+        history = deque([obs] * n_obs_steps, maxlen=n_obs_steps)
+        done = False
+        while not done:
+            if task.steps % every == 0:
+                histories.append(np.stack(history))
+            obs, _, done, _ = task.step(expert_action(obs))
+            history.append(obs)
+    return {STATE_KEY: np.stack(histories).astype(np.float32)}

@@ -128,9 +128,18 @@ class PolicySpec:
                 "inference_steps": self.inference_steps}
 
 
+# the built-in demo policy: trained by scripts/train_demo_policy.py on dmc.policies.demo_task
+BUILTIN_POLICIES = {"demo-policy": Path(__file__).parent / "weights" / "demo_policy"}
+
+
+def policy_folder(source: str | Path) -> Path:
+    """A built-in policy's name, or a folder."""
+    return BUILTIN_POLICIES.get(str(source), Path(source))
+
+
 def is_lerobot_policy(source: str) -> bool:
-    """Does ``source`` name a folder saved by LeRobot's ``policy.save_pretrained``?"""
-    path = Path(source)
+    """Does ``source`` name a folder saved by LeRobot's ``policy.save_pretrained`` (or a built-in policy)?"""
+    path = policy_folder(source)
     if not (path.is_dir() and (path / "config.json").is_file() and (path / WEIGHTS).is_file()):
         return False
     try:
@@ -203,7 +212,7 @@ def read_policy_config(source: str | Path) -> PolicySpec:
 
 def read_policy(source: str | Path, weights: bool = True) -> PolicySpec:
     """The checked spec of a LeRobot policy folder (refuses what dmc cannot compile, in one line)."""
-    folder = Path(source)
+    folder = policy_folder(source)
     config = json.loads((folder / "config.json").read_text())
     if config.get("type") not in POLICY_TYPES:
         raise DmcError(f"{folder}: LeRobot policy type {config.get('type')!r} is not supported "
