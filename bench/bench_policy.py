@@ -1,7 +1,7 @@
 """Latency per action chunk of a PushT-sized diffusion policy: torch eager vs dmc FP32 vs dmc --int8.
 
     python bench/bench_policy.py [--work /tmp/dmc-bench-policy] [--threads 1 2] [--chunks 20] \
-        [--kind keypoints|image] [--sampler ddpm --steps 100] [--control-hz 10] [--cache]
+        [--kind keypoints|image] [--net unet|transformer] [--sampler ddpm --steps 100] [--control-hz 10] [--cache]
 
 The policy is LeRobot's default diffusion policy at PushT's sizes (UNet down_dims 512/1024/2048,
 horizon 16, 2 observation steps, 8 actions; ``--kind keypoints``: 2-d state + 16 keypoints,
@@ -26,13 +26,14 @@ from pathlib import Path
 import numpy as np
 
 
-def build(work: Path, kind: str, sampler: str | None, steps: int | None, cache: bool = False) -> dict[str, Path]:
+def build(work: Path, kind: str, sampler: str | None, steps: int | None, cache: bool = False,
+          net: str = "unet") -> dict[str, Path]:
     from dmc.compress.pipeline import CompileOptions, compile_model
     from dmc.compress.plan import plan_passes
     from dmc.policies.layout import write_policy
     from dmc.sampling import Recipe
 
-    folder = work / f"policy-{kind}"
+    folder = work / f"policy-{kind}-{net}"
     if not (folder / "model.safetensors").exists():
         inputs = {"observation.state": ("STATE", (2,))}
         stats = {"observation.state": {"min": np.zeros(2), "max": np.full(2, 512.0)},
@@ -45,6 +46,8 @@ def build(work: Path, kind: str, sampler: str | None, steps: int | None, cache: 
         else:
             inputs["observation.environment_state"] = ("ENV", (16,))
             stats["observation.environment_state"] = {"min": np.zeros(16), "max": np.full(16, 512.0)}
+        if net == "transformer":  # DP-T at Diffusion Policy's hybrid-image config size (layout.TRANSFORMER_DEFAULTS)
+            extra["noise_net"] = "transformer"
         write_policy(folder, inputs, 2, stats, **extra)
     recipe = Recipe(sampler=sampler or "ddim", steps=steps or 20)
     paths = {}
@@ -53,7 +56,7 @@ def build(work: Path, kind: str, sampler: str | None, steps: int | None, cache: 
         variants += [("cache", plan_passes(cache=True)), ("int8-cache", plan_passes(int8=True, cache=True,
                                                                                    calib_budget=45.0))]
     for name, passes in variants:
-        out = work / f"{kind}-{name}-{sampler or 'own'}-{steps or 'own'}.dmc"
+        out = work / f"{kind}-{net}-{name}-{sampler or 'own'}-{steps or 'own'}.dmc"
         if not (out / "manifest.json").exists():
             options = CompileOptions(recipe=recipe, passes=passes, verify_images=2, force=True,
                                      sampler_follows_schedule=sampler is None, steps_follow_model=steps is None)
@@ -108,6 +111,8 @@ def main(argv=None) -> int:
     p.add_argument("--chunks", type=int, default=20)
     p.add_argument("--control-hz", type=float, default=10.0)
     p.add_argument("--cache", action="store_true", help="also --cache and --int8 --cache")
+    p.add_argument("--net", choices=["unet", "transformer"], default="unet",
+                   help="the noise network: LeRobot's 1D UNet or Diffusion Policy's transformer (DP-T)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--child-threads", type=int, default=1, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -115,7 +120,7 @@ def main(argv=None) -> int:
         print(json.dumps(child(args)))
         return 0
     args.work.mkdir(parents=True, exist_ok=True)
-    paths = {k: str(v) for k, v in build(args.work, args.kind, args.sampler, args.steps, args.cache).items()}
+    paths = {k: str(v) for k, v in build(args.work, args.kind, args.sampler, args.steps, args.cache, args.net).items()}
     rows = []
     for threads in args.threads:
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}

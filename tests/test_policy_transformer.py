@@ -98,6 +98,24 @@ def test_fp32_transformer_policy_acts_as_the_torch_policy(policy_folder, tmp_pat
     assert np.abs(got - want).max() < ACTION_TOL
 
 
+def test_int8_transformer_policy_quantizes_every_projection(policy_folder, tmp_path, run_cli):
+    """--int8 on DP-T: the q/k/v, output, FFN and embedding projections are weight MatMuls (no packed
+    in-projection split at run time), so all are quantized; the artifact verifies and acts."""
+    out = tmp_path / "q.dmc"
+    code, _, err = run_cli("compress", str(policy_folder), "--int8", "--out", out)
+    assert code == 0, err
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["precision"] == "int8" and m["graphs"]["full"]["precision"] == "int8"
+    graph = next(p for p in m["passes"] if p["name"] == "quantize")["graphs"]["full"]
+    assert graph["coverage"]["matmul"]["int8"] == graph["requested"]["matmul"] == graph["quantized_layers"]
+    assert graph["quantized_layers"] >= 3 * (4 + 4 + 2) - 1  # per layer: SA and CA q/k/v/out, FFN in/out
+    assert set(graph["float_islands"]) == {"transformer.input_emb", "transformer.head"}  # PTQ4DM's first/last
+    v = m["verification"]
+    assert v["psnr_db"] >= v["floor_psnr_db"] and v["vs_fp32_policy_psnr_db"] >= 30
+    chunk = load(out).act(history(4), seed=1)
+    assert chunk.shape == (3, 4, 2) and np.isfinite(chunk).all()
+
+
 @pytest.mark.parametrize("int8", [False, True])
 def test_bac_caches_dpt_sub_blocks_with_bubbling_union(policy_folder, tmp_path, run_cli, int8):
     """--cache on DP-T is BAC by default: a refresh schedule per self-/cross-attention/FFN sub-block,

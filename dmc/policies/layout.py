@@ -24,6 +24,7 @@ DEFAULTS = {"type": "diffusion", "n_obs_steps": 2, "horizon": 16, "n_action_step
             "beta_schedule": "squaredcos_cap_v2", "beta_start": 0.0001, "beta_end": 0.02,
             "prediction_type": "epsilon", "clip_sample": True, "clip_sample_range": 1.0,
             "num_inference_steps": None}
+UNET_KEYS = ("down_dims", "kernel_size", "n_groups", "diffusion_step_embed_dim", "use_film_scale_modulation")
 # Diffusion Policy's transformer (DP-T) at its image-config size, for ``noise_net="transformer"``
 TRANSFORMER_DEFAULTS = {"n_layer": 8, "n_head": 4, "n_emb": 256, "causal_attn": True, "n_cond_layers": 0,
                         "p_drop_emb": 0.0, "p_drop_attn": 0.3}
@@ -40,7 +41,9 @@ def write_policy(folder: str | Path, inputs: dict[str, tuple[str, tuple]], actio
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    base = {**DEFAULTS, **(TRANSFORMER_DEFAULTS if config.get("noise_net") == "transformer" else {})}
+    base = dict(DEFAULTS)
+    if config.get("noise_net") == "transformer":  # the UNet's sizes mean nothing to DP-T
+        base = {k: v for k, v in base.items() if k not in UNET_KEYS} | TRANSFORMER_DEFAULTS
     cfg = {**base, **config,
            "input_features": {k: {"type": t, "shape": list(s)} for k, (t, s) in inputs.items()},
            "output_features": {"action": {"type": "ACTION", "shape": [action_dim]}}}
