@@ -117,7 +117,7 @@ def _step_plan(sampler: str, sampler_given: bool, steps, calls):
 @click.option("--cache", is_flag=True, help="Feature caching (DeepCache for UNets, block caching for DiTs).")
 @click.option("--cache-schedule", type=click.Choice(CACHE_SCHEDULES), default=None,
               help="Refresh schedule: uniform, CacheQuant's dp, BAC, or HarmoniCa's learned router. "
-                   "Default: auto (dp for UNets, bac for DiTs).")
+                   "Default: auto (dp for UNets, bac for DiTs, bac for DP-T policies at >= 50 calls, else dp).")
 @click.option("--router-iterations", type=click.IntRange(min=1), default=None,
               help="Router training iterations (default 30; each runs the whole sampler).")
 @click.option("--router-alpha", type=click.FloatRange(min=0), default=None,
@@ -129,6 +129,9 @@ def _step_plan(sampler: str, sampler_given: bool, steps, calls):
               help="BAC: refreshes per sub-block (default: calls / --cache-interval, rounded up).")
 @click.option("--bac-bubbling", type=click.IntRange(min=0), default=None,
               help="BAC: upstream sub-blocks bubbling union refreshes with the FFNs below them (default 3).")
+@click.option("--cache-variants", type=click.IntRange(min=1), default=None,
+              help="Per-block schedules (BAC, router): at most N distinct graphs; fewer merges patterns by adding "
+                   "refreshes (default 4; 16 for DP-T at 100 DDPM calls, see BENCHMARKS.md).")
 @click.option("--size", type=int, nargs=2, default=None, metavar="H W",
               help="Image size in pixels (static shapes; default: the model's own).")
 @click.option("--calib-prompts", type=click.Path(), default=None,

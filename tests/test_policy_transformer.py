@@ -118,13 +118,14 @@ def test_int8_transformer_policy_quantizes_every_projection(policy_folder, tmp_p
 
 @pytest.mark.parametrize("int8", [False, True])
 def test_bac_caches_dpt_sub_blocks_with_bubbling_union(policy_folder, tmp_path, run_cli, int8):
-    """--cache on DP-T is BAC by default: a refresh schedule per self-/cross-attention/FFN sub-block,
+    """BAC on DP-T (the default at >= 50 calls): a refresh schedule per self-/cross-attention/FFN sub-block,
     the top-error upstream blocks refreshed wherever a later FFN refreshes; the runtime runs each call on
     the graph its pattern names."""
     from dmc.evaluate.bench import TimedExecutor
 
     out = tmp_path / "c.dmc"
-    args = ["--cache", "--cache-interval", "2", "--bac-bubbling", "2"] + (["--int8"] if int8 else [])
+    args = ["--cache", "--cache-schedule", "bac", "--cache-interval", "2", "--bac-bubbling", "2",
+            "--cache-variants", "6"] + (["--int8"] if int8 else [])
     code, _, err = run_cli("compress", str(policy_folder), *args, "--out", out)
     assert code == 0, err
     m = json.loads((out / "manifest.json").read_text())
@@ -133,7 +134,7 @@ def test_bac_caches_dpt_sub_blocks_with_bubbling_union(policy_folder, tmp_path, 
     assert cache["blocks"][:3] == ["l0.sa", "l0.ca", "l0.ff"] and cache["ffn_blocks"] == [2, 5, 8]
     refresh = np.array(cache["refresh"])
     assert refresh.shape == (6, 9) and refresh[0].all() and cache["cost_ratio"] < 1
-    assert len({tuple(r) for r in refresh}) == cache["distinct_patterns"] > 1  # per-block schedules differ
+    assert 1 < len({tuple(r) for r in refresh}) == cache["distinct_patterns"] <= 6  # per-block schedules differ
     unioned = cache["bubbling"]["blocks"]
     assert len(unioned) == 2
     for u in unioned:  # bubbling union: u refreshes wherever an FFN at its depth or deeper does
@@ -146,6 +147,12 @@ def test_bac_caches_dpt_sub_blocks_with_bubbling_union(policy_folder, tmp_path, 
     chunk = policy.act(history(3), seed=0)
     ran = [g for g, _ in policy.pipe.executor.records if g != ENCODER_GRAPH]
     assert ran == [c["graph"] for c in m["sampler"]["calls"]] and chunk.shape == (3, 4, 2) and np.isfinite(chunk).all()
+
+
+def test_auto_cache_schedule_is_bac_only_with_many_calls():
+    from dmc.cache.pass_ import AUTO
+
+    assert AUTO["policy-transformer"](100) == "bac" and AUTO["policy-transformer"](10) == "dp"
 
 
 def test_cached_step_on_fresh_caches_is_the_denoiser(policy_folder):

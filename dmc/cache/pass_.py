@@ -36,7 +36,13 @@ def schedule_string(refresh) -> str:
     return "".join("F" if r else "." for r in np.asarray(refresh, dtype=bool))
 
 
-AUTO = {"dit": "bac", "policy-transformer": "bac"}  # --cache-schedule auto per family; any other: "dp"
+# BAC's per-sub-block schedules need many calls: on the demo DP-T at DDIM 10 they kept 16/50 episodes where
+# one shared DP schedule kept 45/50; at DDPM 100, BAC matched a shared schedule's action error at 0.38 of the
+# compute against 0.5 (BENCHMARKS.md, issue #16).
+BAC_MIN_CALLS_POLICY = 50
+# --cache-schedule auto: family -> (number of model calls -> schedule); any other family: "dp"
+AUTO = {"dit": lambda calls: "bac",
+        "policy-transformer": lambda calls: "bac" if calls >= BAC_MIN_CALLS_POLICY else "dp"}
 
 
 def _opset(ctx) -> int:
@@ -54,7 +60,8 @@ def run_cache(ctx, cfg: CacheConfig) -> None:
     full_first = cfg.full_first if cfg.full_first is not None else default_full_first(ctx.recipe.sampler)
     seed = ctx.recipe.seed if cfg.seed is None else cfg.seed
     if cfg.schedule == "auto":
-        cfg = dataclasses.replace(cfg, schedule=AUTO.get(ctx.adapter.family, "dp"))
+        pick = AUTO.get(ctx.adapter.family)
+        cfg = dataclasses.replace(cfg, schedule=pick(num_calls) if pick else "dp")
     handler = FAMILY_HANDLERS.get(ctx.adapter.family)
     if handler is not None:
         return handler(ctx, cfg, full_first, seed)

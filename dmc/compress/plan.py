@@ -19,7 +19,7 @@ def plan_passes(int8: bool = False, cache: bool = False, seed: int = 0, prune: f
                 cache_method: str | None = None, forecast_order: int | None = None,
                 router_iterations: int | None = None, router_alpha: float | None = None,
                 router_threshold: float | None = None, cache_budget: int | None = None,
-                bac_bubbling: int | None = None,
+                bac_bubbling: int | None = None, cache_variants: int | None = None,
                 calibration: str = "ndtc", calib_samples: int = 256, calib_budget: float | None = None,
                 scale_groups: int = 1, profile: str = "ort-cpu", step_plan: str | None = None,
                 calls: int | None = None, search_candidates: int | None = None,
@@ -43,7 +43,8 @@ def plan_passes(int8: bool = False, cache: bool = False, seed: int = 0, prune: f
 
         kw = {"schedule": cache_schedule, "interval": cache_interval, "method": cache_method,
               "order": forecast_order, "router_iterations": router_iterations, "router_alpha": router_alpha,
-              "router_threshold": router_threshold, "budget": cache_budget, "n_bubbling": bac_bubbling}
+              "router_threshold": router_threshold, "budget": cache_budget, "n_bubbling": bac_bubbling,
+              "max_variants": cache_variants}
         passes.append(CacheConfig(**{k: v for k, v in kw.items() if v is not None}))
     if int8:
         from dmc.quantize import QuantizeConfig
