@@ -1,6 +1,7 @@
 """The ov-cpu Q/DQ profile: private pairs, and INT8 graphs whose results OpenVINO reproduces."""
 
 import importlib.util
+import json
 
 import numpy as np
 import onnx
@@ -225,3 +226,23 @@ def test_int8_cache_ov_profile_compiles_verifies_on_openvino_and_follows_the_sch
     assert m.data["verification"]["psnr_db"] >= m.data["verification"]["floor_psnr_db"]
     assert {c.graph for c in m.calls} == set(m.graphs) and len(m.graphs) == 2  # full and shallow both run
     assert np.isfinite(pipe.sample(1, seed=0)).all()
+
+
+@needs_openvino
+def test_compare_backends_recommends_the_fastest_that_reproduces(ov_int8_artifact, run_cli, monkeypatch):
+    """`dmc bench --compare-backends`: every installed CPU backend times the same artifact; one whose images
+    leave the artifact's verification floor is never recommended, however fast."""
+    from dmc.evaluate import backends
+
+    code, out, err = run_cli("bench", ov_int8_artifact, "--compare-backends", "--repeats", "2", "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["own_backend"] == "openvino" and set(r["backends"]) == {"openvino", "onnxruntime"}
+    assert r["backends"]["openvino"]["psnr_vs_own_db"] == 100.0
+    assert all(row["reproduces"] for row in r["backends"].values())  # the ov-cpu profile runs alike on both
+    assert r["recommended"] == r["fastest"]
+
+    real = backends._images
+    monkeypatch.setattr(backends, "_images", lambda t, n, s: real(t, n, s) + (0.5 if t.info["backend"] == "onnxruntime" else 0))
+    r = backends.compare_backends(str(ov_int8_artifact), repeats=1, warmup=0, threads=1)
+    assert not r["backends"]["onnxruntime"]["reproduces"] and r["recommended"] == "openvino"

@@ -167,10 +167,13 @@ def _eval_policy(artifact, reference, episodes, seed, task, threads, as_json) ->
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("--control-hz", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Policies: the robot's control rate; reports the chunks ready within n_action_steps / Hz.")
+@click.option("--compare-backends", is_flag=True,
+              help="Time the artifact on every installed CPU backend (ONNX Runtime, OpenVINO), check each reproduces "
+                   "its verified output, and say which to use on this machine.")
 @click.option("--warm-start", type=click.IntRange(min=1), default=None,
               help="Policies: time act(warm_start=K): K model calls per chunk from the previous plan.")
 def bench_cmd(artifact, vs, n_images, repeats, warmup, threads, seed, memory, as_json, control_hz=None,
-              warm_start=None):
+              warm_start=None, compare_backends=False):
     """Latency of ARTIFACT per model call and end to end per image (median, p90), and peak memory.
 
     With --vs the two run interleaved and the ratio (ARTIFACT / OTHER per image, < 1 is faster)
@@ -181,12 +184,21 @@ def bench_cmd(artifact, vs, n_images, repeats, warmup, threads, seed, memory, as
       dmc bench int8.dmc --vs fp32.dmc --repeats 20
       dmc bench demo.dmc --vs demo --json > bench.json     # ORT artifact vs torch eager
       dmc bench pusht.dmc --control-hz 10 --repeats 50     # a policy: latency per action chunk
+      dmc bench int8.dmc --compare-backends                # the fastest backend here that reproduces it
     """
     from dmc.evaluate.bench import benchmark, format_bench
 
     from dmc.runtimes.policy import is_policy_artifact
 
     _threads(threads)
+    if compare_backends:
+        if vs is not None:
+            raise DmcError("--compare-backends compares one artifact on several backends; drop --vs")
+        from dmc.evaluate.backends import compare_backends as compare, format_backends
+
+        result = compare(artifact, n_images=n_images, repeats=repeats, warmup=warmup, threads=threads, seed=seed)
+        _dump(result) if as_json else click.echo(format_backends(result))
+        return
     if is_policy_artifact(artifact):
         from dmc.evaluate.bench_policy import benchmark_policy, format_policy_bench
 

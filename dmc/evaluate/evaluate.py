@@ -85,8 +85,10 @@ def is_artifact(spec: str | Path) -> bool:
     return p.is_dir() and (p / "manifest.json").is_file()
 
 
-def open_artifact(path: str | Path, threads: int | None = None, prompts: list[str] | None = None) -> Target:
-    """An artifact on its own backend (``default_backend``) on the CPU; a text-to-image one draws for ``prompts`` (default ``EVAL_PROMPTS``)."""
+def open_artifact(path: str | Path, threads: int | None = None, prompts: list[str] | None = None,
+                  backend: str | None = None) -> Target:
+    """An artifact on ``backend`` (default: its own, ``default_backend``) on the CPU; a text-to-image one
+    draws for ``prompts`` (default ``EVAL_PROMPTS``)."""
     from dmc.runtimes import load
     from dmc.runtimes.text2image import TextToImage
 
@@ -95,10 +97,10 @@ def open_artifact(path: str | Path, threads: int | None = None, prompts: list[st
     from dmc.artifact import read_manifest
     from dmc.runtimes.executor import cpu_providers, default_backend
 
-    backend = default_backend(read_manifest(path, verify=False))
+    backend = backend or default_backend(read_manifest(path, verify=False))
     pipe = load(path, backend=backend, providers=cpu_providers(backend), threads=threads)
     m = pipe.manifest
-    info = {"kind": "artifact", "path": str(path), "precision": m.data.get("precision"),
+    info = {"kind": "artifact", "path": str(path), "backend": backend, "precision": m.data.get("precision"),
             "graphs": sorted(m.graphs), "recipe": m.recipe.to_json(), "model_source": m.model.get("source")}
     if not isinstance(pipe, TextToImage):
         if prompts:
