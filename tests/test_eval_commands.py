@@ -114,10 +114,11 @@ def test_check_catches_perturbed_weights_and_passes_a_rebuild(built, tmp_path):
     assert doc["format"] == "dmc-measurement" and doc["eval"]["n"] == 20 and doc["bench"]["repeats"] == 3
 
     ok_xml, bad_xml = tmp_path / "ok.xml", tmp_path / "bad.xml"
-    # The rebuild is benchmarked interleaved with the baseline artifact. The latency limit is loose
-    # because this shared 2-core box is noisy; the quality checks use the defaults.
-    ok = _run(check_cmd, [built["rebuild"], "--baseline", base, "--junit", ok_xml, "--threads", 1,
-                          "--no-memory", "--max-latency-ratio", 1.5, "--json"], code=0)
+    # The rebuild is benchmarked interleaved with the baseline artifact. The latency limit is loose and
+    # the pairs more than the baseline's because the suite runs in two workers on a 2-core box (one pair
+    # in three ran 2x slow there); the quality checks use the defaults.
+    ok = _run(check_cmd, [built["rebuild"], "--baseline", base, "--junit", ok_xml, "--threads", 1, "--repeats", 9,
+                          "--no-memory", "--max-latency-ratio", 2.0, "--json"], code=0)
     assert "PASSED" in ok.stderr and "interleaved" in ok.stderr  # --json: the table goes to stderr
     rows = {r["name"]: r for r in json.loads(ok.stdout)["checks"]}
     assert rows["fd_increase"]["current"] == rows["fd_increase"]["baseline"]  # same seeds: reproduced exactly

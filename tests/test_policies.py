@@ -120,7 +120,10 @@ def test_unsupported_policies_and_passes_are_refused_before_work(tmp_path, run_c
     assert code == 2 and "resize_shape is not supported" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli("compress", str(FIXTURES / "env4-ddim"), "--prune", "0.2", "--out", tmp_path / "b.dmc")
     assert code == 2 and "not supported for policies yet" in err
-    assert not (tmp_path / "a.dmc").exists() and not (tmp_path / "b.dmc").exists()
+    code, _, err = run_cli("compress", str(FIXTURES / "env4-ddim"), "--steps", "auto", "--calls", "4",
+                           "--out", tmp_path / "c.dmc")
+    assert code == 2 and "do not model clip_sample" in err and len(err.strip().splitlines()) == 1
+    assert not any((tmp_path / n).exists() for n in ("a.dmc", "b.dmc", "c.dmc"))
 
 
 def test_missing_statistics_are_refused(tmp_path, run_cli):
@@ -347,5 +350,13 @@ def test_sampler_and_steps_given_on_the_command_line_override_the_policys(tmp_pa
     assert code == 0, err
     recipe = json.loads((out / "manifest.json").read_text())["recipe"]
     assert recipe["sampler"] == "ddim" and recipe["steps"] == 5  # ddim is also the CLI's default: still honoured
+    out = tmp_path / "dpm.dmc"
+    code, _, err = run_cli("compress", str(FIXTURES / "keypoints-ddpm"), "--sampler", "dpm++2m", "--steps", "4",
+                           "--out", out)
+    assert code == 0, err
+    calls = json.loads((out / "manifest.json").read_text())["sampler"]["calls"]
+    assert [c["clip"] for c in calls] == [1.0] * 4  # the policy's clip_sample, as its DDPM/DDIM apply it
+    chunk = load(out).act(observations(golden("keypoints-ddpm")), seed=0)
+    assert np.isfinite(chunk).all()
     code, _, err = run_cli("compress", str(FIXTURES / "keypoints-ddpm"), "--guidance", "2", "--out", tmp_path / "g")
     assert code == 2 and "without guidance" in err

@@ -43,11 +43,32 @@ def _refuse_options(options) -> None:
     from dmc.cache import CacheConfig
     from dmc.cache.correction import CorrectConfig
     from dmc.quantize import QuantizeConfig
+    from dmc.sampling.step_plan import StepsConfig
 
-    allowed = (QuantizeConfig, CacheConfig, CorrectConfig)
+    allowed = (QuantizeConfig, CacheConfig, CorrectConfig, StepsConfig)
     other = [type(p).__name__ for p in options.passes if not isinstance(p, allowed)]
     if other:
-        raise DmcError("--prune and --steps auto are not supported for policies yet (FP32, --int8 and --cache are)")
+        raise DmcError("--prune is not supported for policies yet (FP32, --int8, --cache and --steps auto are)")
+
+
+def _refuse_unclipped_search(spec, options) -> None:
+    from dmc.sampling.step_plan import StepsConfig
+
+    if spec.schedule.get("clip_sample") and any(isinstance(p, StepsConfig) for p in options.passes):
+        raise DmcError("--steps auto and --sampler dpm-v3 do not model clip_sample yet, and this policy samples "
+                       "with it (its actions leave the trained range without); use --sampler dpm++2m --steps N")
+
+
+def clip_like_training(calls, schedule: dict):
+    """LeRobot samples its policies with ``clip_sample``: DDPM/DDIM clip the data prediction to
+    ``clip_sample_range``. Every other solver's table gets the same clip on its data predictions; without
+    it, DPM-Solver++ at the first calls of a cosine schedule (alpha_bar ~ 0 at t = 99 of 100) predicts
+    actions far outside the trained range (the demo policy: 0/50 episodes at 5 calls, 48/50 with it)."""
+    if schedule.get("clip_sample"):
+        for c in calls:
+            if c.clip is None:
+                c.clip = float(schedule.get("clip_sample_range", 1.0))
+    return calls
     if options.int8_parts or options.image_size:
         raise DmcError("--int8-parts and --size do not apply to a policy")
 
@@ -81,10 +102,12 @@ def compile_policy(source: str, out: str | Path, options) -> Path:
     with writer:
         _refuse_options(options)
         spec = read_policy(source)
+        _refuse_unclipped_search(spec, options)
         recipe = policy_recipe(spec, options)
         denoiser = load_denoiser(spec)
         encoder = load_observation_encoder(spec)
-        calls = with_noise_levels(compile_calls(recipe, spec.schedule, denoiser.sample_shape), spec.schedule)
+        calls = with_noise_levels(clip_like_training(compile_calls(recipe, spec.schedule, denoiser.sample_shape),
+                                                     spec.schedule), spec.schedule)
         full = export_onnx(denoiser, denoiser.example_inputs(2), DENOISER_INPUTS, [OUTPUT_NAME], options.opset)
         ctx = _context(spec, denoiser, recipe, calls, full, options)
         verify_obs = None
@@ -94,6 +117,7 @@ def compile_policy(source: str, out: str | Path, options) -> Path:
 
             ctx.prompt_conditions, verify_obs = calibration_conditions(spec, encoder, options, ctx.warnings)
             run_passes(ctx, with_seed(complete_plan(options.passes), recipe.seed))
+            with_noise_levels(clip_like_training(ctx.calls, spec.schedule), spec.schedule)  # a step plan replaces the table
         if options.fidelity_floor is not None:
             ctx.fidelity_floor_psnr = float(options.fidelity_floor)
         obs_example = tuple(torch.randn(2, spec.n_obs_steps, *f.shape) for f in spec.observations)
