@@ -94,6 +94,7 @@ def test_fp32_transformer_policy_acts_as_the_torch_policy(policy_folder, tmp_pat
     noise = np.random.default_rng(2).standard_normal((3, 8, 2)).astype(np.float32)
     got = load(out).act(obs, noise=noise)
     want = torch_act(policy_folder, obs, noise)
+    assert load(out, threads=2).executor.spinning  # one denoiser graph: ORT's spinning pool helps
     assert got.shape == want.shape == (3, 4, 2)
     assert np.abs(got - want).max() < ACTION_TOL
 
@@ -142,6 +143,8 @@ def test_bac_caches_dpt_sub_blocks_with_bubbling_union(policy_folder, tmp_path, 
         assert (refresh[:, u] >= refresh[:, deeper_ffn].any(axis=1)).all()
     v = m["verification"]
     assert v["psnr_db"] >= v["floor_psnr_db"] and 0 < v["vs_fp32_policy_psnr_db"] <= 100
+    assert not load(out, threads=2).executor.spinning  # alternating graphs: idle pools must not spin
+    assert load(out, threads=1).executor.spinning
     policy = load(out)
     policy.pipe.executor = TimedExecutor(policy.pipe.executor)
     chunk = policy.act(history(3), seed=0)

@@ -38,6 +38,19 @@ _DEVICE_OF_PROVIDER = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvid
 MEM_PATTERN_MAX_WEIGHT_BYTES = 1 << 30
 
 
+# ONNX Runtime gives each session its own intra-op pool, whose threads spin after a run waiting for
+# more work. When the call table alternates between graphs (a cache schedule's full and retrieve
+# variants), the idle session's spinners take the cores the running one needs: the demo's
+# --int8 --cache at 2 threads ran 102 ms per 2 images spinning, 67 ms not (CPU 203 -> 83 ms); a
+# one-graph table is faster spinning (84 vs 100 ms). BENCHMARKS.md, issue #17 item 3.
+SPIN = "session.intra_op.allow_spinning"
+
+
+def _alternating_graphs(manifest: Manifest) -> bool:
+    calls = (manifest.data.get("sampler") or {}).get("calls") or []
+    return len({c.get("graph", "full") for c in calls}) > 1
+
+
 def _graph_bytes(manifest: Manifest) -> int:
     folders = {manifest.graph_path(name).parent for name in manifest.graphs}
     return sum(f.stat().st_size for folder in folders for f in folder.iterdir() if f.is_file())
@@ -62,7 +75,11 @@ class OnnxRuntimeExecutor:
             options.intra_op_num_threads = threads
         options.log_severity_level = 3
         options.enable_mem_pattern = _graph_bytes(manifest) < MEM_PATTERN_MAX_WEIGHT_BYTES
-        for key, value in (session_config or {}).items():  # e.g. session.intra_op.allow_spinning
+        session_config = dict(session_config or {})
+        if threads != 1 and _alternating_graphs(manifest):
+            session_config.setdefault(SPIN, "0")
+        self.spinning = session_config.get(SPIN, "1") != "0"
+        for key, value in session_config.items():
             options.add_session_config_entry(key, value)
         self.sessions = {}
         for name in manifest.graphs:
