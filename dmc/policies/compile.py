@@ -273,7 +273,7 @@ def _torch_policy(spec, graphs: dict, encoder, manifest_data: dict, tables: dict
     graphs = {**graphs, ENCODER_GRAPH: (encoder, [f.input_name for f in spec.observations], [CONDITION])}
     executor = TorchExecutor({n: g[0] for n, g in graphs.items()}, {n: list(g[1]) for n, g in graphs.items()},
                              {n: list(g[2]) for n, g in graphs.items()})
-    manifest = Manifest(Path("."), manifest_data)
+    manifest = Manifest(Path("."), {**manifest_data, "tables": None})  # in memory: the tables are given, not read
     pipe = Pipeline.from_manifest(manifest, executor)
     pipe.tables = dict(tables or {})
     return Policy(manifest, pipe)
