@@ -220,7 +220,6 @@ def _run_policy_transformer(ctx, cfg, full_first, seed) -> None:
     """BAC's home ground: DP-T's self-attention, cross-attention and FFN sub-blocks (``policy_blocks.py``)."""
     from dmc.cache import policy_blocks
     from dmc.cache.choose import CachePoints
-
     from dmc.cache.features import _record
 
     names, ffn = policy_blocks.branch_layout(ctx.adapter)
