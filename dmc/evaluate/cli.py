@@ -197,7 +197,10 @@ def bench_cmd(artifact, vs, n_images, repeats, warmup, threads, seed, memory, as
         from dmc.evaluate.backends import compare_backends as compare, format_backends
 
         result = compare(artifact, n_images=n_images, repeats=repeats, warmup=warmup, threads=threads, seed=seed)
-        _dump(result) if as_json else click.echo(format_backends(result))
+        if as_json:
+            _dump(result)
+        else:
+            click.echo(format_backends(result))
         return
     if is_policy_artifact(artifact):
         from dmc.evaluate.bench_policy import benchmark_policy, format_policy_bench

@@ -14,6 +14,7 @@ Tasks are a registry (``TASKS``): a module with ``STATE_KEY``, ``STATE_DIM``, ``
 from __future__ import annotations
 
 import importlib
+import itertools
 import sys
 
 import numpy as np
@@ -60,7 +61,7 @@ def evaluate_policy(artifact: str, episodes: int = DEFAULT_EPISODES, seed: int =
     visited: list[dict] = []
     results = []
     for e in range(episodes):
-        chunks = iter(range(10 ** 6))
+        chunks = itertools.count()  # chunk j of episode e draws its noise from seed (seed + e) * 1000 + j
         episode_seed = seed + e
 
         def act(history, episode_seed=episode_seed, chunks=chunks):
@@ -76,7 +77,7 @@ def evaluate_policy(artifact: str, episodes: int = DEFAULT_EPISODES, seed: int =
     successes = int(sum(r["success"] for r in results))
     low, high = module.wilson_interval(successes, episodes)
     doc = {"format": "dmc-eval", "format_version": 1, "kind": "policy", "artifact": str(artifact), "task": task,
-           "episodes": episodes, "seed": seed, "n": episodes,
+           "episodes": episodes, "seed": seed,
            "rollout": {"successes": successes, "success_rate": successes / episodes, "ci_low": low, "ci_high": high,
                        "interval": "95% Wilson score", "mean_steps": float(np.mean([r["steps"] for r in results])),
                        "mean_final_distance": float(np.mean([r["final_distance"] for r in results])),
