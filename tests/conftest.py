@@ -14,6 +14,25 @@ def pytest_configure(config):
         pass
 
 
+def _cuda_device() -> str | None:
+    """Why there is no usable CUDA device (None: there is one)."""
+    from dmc.engines.trt_api import compute_capability
+    from dmc.errors import DmcError
+
+    try:
+        compute_capability()
+    except DmcError as e:
+        return str(e)
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    gpu_items = [i for i in items if i.get_closest_marker("gpu")]
+    reason = _cuda_device() if gpu_items else None
+    for item in gpu_items if reason else []:
+        item.add_marker(pytest.mark.skip(reason=f"needs a CUDA device: {reason}"))
+
+
 @pytest.fixture(scope="session")
 def demo_artifact(tmp_path_factory):
     """The demo UNet compiled once per session: FP32, DDIM 10 steps, guidance 2."""

@@ -314,3 +314,21 @@ def test_real_tensorrt_build_and_run(fp32_artifact):
     images = load(fp32_artifact, backend="tensorrt")(n=1, seed=0, batch_size=1)
     ref = load(fp32_artifact)(n=1, seed=0)
     assert np.abs(images.astype(int) - ref.astype(int)).max() <= 2
+
+
+def test_cli_build_engine_with_the_stand_in_uses_the_timing_cache_and_reports_precision(run_cli, int8_artifact,
+                                                                                         monkeypatch, tmp_path):
+    from dmc.engines import trt_api
+
+    trt, loaders, record = make_fake("10.3.0")
+    monkeypatch.setattr(trt_api, "import_tensorrt", lambda: (trt, loaders))
+    monkeypatch.setattr(trt_api, "compute_capability", lambda device=0: ("8.7", "Orin (fake)"))
+    cache = tmp_path / "timing.cache"
+    code, out, err = run_cli("build-engine", int8_artifact, "--timing-cache", cache, "--workspace", 256,
+                             "--require-int8", "--images", 1)
+    assert code == 0, err
+    assert "built 2 engine(s) for sm87-trt10.3.0" in out and "tiny" in out
+    assert cache.read_bytes() == b"tt"  # both variants' builds loaded and updated the user's cache
+    assert all(cfg["load_timing_cache"] == str(cache) for cfg in record.configs)
+    assert (int8_artifact / "engines" / "sm87-trt10.3.0" / "tiny.plan").is_file()
+    assert not (int8_artifact / "engines" / "sm87-trt10.3.0" / "timing.cache").exists()

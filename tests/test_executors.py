@@ -16,10 +16,10 @@ HAVE_OPENVINO = importlib.util.find_spec("openvino") is not None
 
 
 def available_backends():
-    import importlib.util
-
-    have_trt = importlib.util.find_spec("tensorrt") is not None  # TensorRT backend: only with TensorRT and a GPU
-    return [b for b in BACKENDS if (b != "openvino" or HAVE_OPENVINO) and (b != "tensorrt" or have_trt)]
+    """Every backend installed here; TensorRT's case also needs a GPU (the ``gpu`` marker skips it without)."""
+    have_trt = importlib.util.find_spec("tensorrt") is not None
+    return [pytest.param(b, marks=pytest.mark.gpu) if b == "tensorrt" else b for b in BACKENDS
+            if (b != "openvino" or HAVE_OPENVINO) and (b != "tensorrt" or have_trt)]
 
 
 class _Opaque:
@@ -80,14 +80,22 @@ def test_unknown_backend_is_a_clean_error(demo_artifact, run_cli):
 
 
 @pytest.mark.parametrize("backend", available_backends())
-def test_backend_conforms_and_matches_onnxruntime_fp32(demo_artifact, backend):
+def test_backend_conforms_and_matches_onnxruntime_fp32(demo_artifact, backend, tmp_path):
     ref = load(demo_artifact, providers=["CPUExecutionProvider"], threads=1)
+    if backend == "tensorrt":  # engines are built on the machine that runs them, into a copy of the artifact
+        import shutil
+
+        from dmc.engines.builder import BuildOptions, build_engines
+
+        demo_artifact = shutil.copytree(demo_artifact, tmp_path / "demo.dmc")
+        build_engines(demo_artifact, BuildOptions(images=3))
     pipe = load(demo_artifact, backend=backend, threads=1)
     assert isinstance(pipe.executor, Executor) and isinstance(pipe.executor, backend_class(backend))
     assert pipe.executor.providers and pipe.executor.output_names("full")[0] == "prediction"
     assert set(pipe.executor.input_names("full")) == set(ref.executor.input_names("full"))
     a, b = ref.sample(3, seed=1), pipe.sample(3, seed=1)
-    assert np.abs(a - b).max() < 1e-4, np.abs(a - b).max()  # measured 2e-6 (openvino, f32 hint)
+    # measured 2e-6 (openvino, f32 hint); TensorRT's FP32 layers may run TF32 (10-bit mantissa) on Ampere and later
+    assert np.abs(a - b).max() < (2e-2 if backend == "tensorrt" else 1e-4), np.abs(a - b).max()
 
 
 def test_openvino_missing_is_a_clean_error(demo_artifact, monkeypatch):

@@ -74,4 +74,15 @@ def compute_capability(device: int = 0) -> tuple[str, str]:
     if lib.cudaDeviceGetAttribute(ctypes.byref(major), 75, device) or \
             lib.cudaDeviceGetAttribute(ctypes.byref(minor), 76, device):
         raise DmcError(f"cannot query CUDA device {device} (no GPU or no driver)")
-    return f"{major.value}.{minor.value}", ""
+    return f"{major.value}.{minor.value}", _device_name(lib, device)
+
+
+def _device_name(lib, device: int) -> str:
+    """The GPU's name: ``cudaDeviceProp`` begins with ``char name[256]`` in every CUDA version; the
+    buffer is larger than the whole struct (about 1 KB). Empty when the runtime does not say."""
+    buf = ctypes.create_string_buffer(16384)
+    for symbol in ("cudaGetDeviceProperties_v2", "cudaGetDeviceProperties"):
+        fn = getattr(lib, symbol, None)
+        if fn is not None and fn(buf, device) == 0:
+            return buf.raw[:256].split(b"\0", 1)[0].decode(errors="replace")
+    return ""

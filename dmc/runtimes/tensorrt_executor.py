@@ -92,6 +92,7 @@ class TensorRtExecutor:
         self._bound: dict[str, dict] = {v: {} for v in self.engines}
         self._buffers: dict[tuple, DeviceTensor] = {}
         self.providers = [f"TensorRT {trt.__version__} ({key.describe()})"]
+        self._nptype = trt.nptype  # engines report trt.DataType, numpy needs its own type
 
     def input_names(self, graph: str) -> list[str]:
         return self._io[graph][0]
@@ -105,6 +106,9 @@ class TensorRtExecutor:
             self._buffers[key] = DeviceTensor(self.cuda.malloc(int(np.prod(shape)) * np.dtype(dtype).itemsize),
                                               np.dtype(dtype), tuple(shape))
         return self._buffers[key]
+
+    def _dtype(self, engine, name: str) -> np.dtype:
+        return np.dtype(self._nptype(engine.get_tensor_dtype(name)))
 
     def _bind(self, graph: str, name: str, ptr: int) -> None:
         if self._bound[graph].get(name) != ptr:  # re-bind only when the pointer changes
@@ -120,7 +124,7 @@ class TensorRtExecutor:
             if isinstance(value, DeviceTensor):
                 tensor = value
             else:
-                arr = np.ascontiguousarray(value, dtype=engine.get_tensor_dtype(name))
+                arr = np.ascontiguousarray(value, dtype=self._dtype(engine, name))
                 tensor = self._buffer(graph, "in:" + name, arr.dtype, arr.shape)
                 self.cuda.htod(tensor.ptr, arr)
             batch = tensor.shape[0]
@@ -129,7 +133,7 @@ class TensorRtExecutor:
         results = []
         for name in outs:
             shape = self._output_shape(graph, name, batch)
-            tensor = self._buffer(graph, name, engine.get_tensor_dtype(name), shape)
+            tensor = self._buffer(graph, name, self._dtype(engine, name), shape)
             self._bind(graph, name, tensor.ptr)
             results.append(tensor)
         if not ctx.execute_async_v3(self.cuda.stream_handle):

@@ -75,6 +75,9 @@ def make_fake(version: str = "10.3.0"):
     trt.ExecutionContextAllocationStrategy = enum.Enum("ExecutionContextAllocationStrategy",
                                                        ["STATIC", "ON_PROFILE_CHANGE", "USER_MANAGED"])
     trt.TensorIOMode = enum.Enum("TensorIOMode", ["NONE", "INPUT", "OUTPUT"])
+    # Engines report tensor types as trt.DataType, not numpy types; trt.nptype converts.
+    trt.DataType = enum.Enum("DataType", list(_TRT_NP))
+    trt.nptype = lambda dt: _TRT_NP[dt.name]
     trt.Logger = lambda *a, **k: types.SimpleNamespace()
     trt.Runtime = lambda logger=None: types.SimpleNamespace(
         deserialize_cuda_engine=lambda data: FakeEngine(json.loads(bytes(data)), trt, record))
@@ -131,6 +134,7 @@ def make_fake(version: str = "10.3.0"):
 
 
 _NP = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.INT64: np.int64, onnx.TensorProto.FLOAT16: np.float16}
+_TRT_NP = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32, "INT64": np.int64, "BOOL": np.bool_}
 
 
 class FakeEngine:
@@ -158,7 +162,8 @@ class FakeEngine:
         return self.trt.TensorIOMode.INPUT if name in dict(self.inputs) else self.trt.TensorIOMode.OUTPUT
 
     def get_tensor_dtype(self, name):
-        return dict(self.inputs + self.outputs)[name]
+        np_type = dict(self.inputs + self.outputs)[name]
+        return next(dt for dt in self.trt.DataType if _TRT_NP[dt.name] is np_type)
 
     def serialize(self):
         return json.dumps(self.plan).encode()
