@@ -114,6 +114,12 @@ def _step_plan(sampler: str, sampler_given: bool, steps, calls):
 @click.option("--int8-attention/--no-int8-attention", default=None,
               help="Quantize attention's activation matmuls too (default: the profile's choice, on for "
                    "ov-cpu, where OpenVINO runs a fused INT8 attention; off for ort-cpu).")
+@click.option("--keep-float", default=None, metavar="LIST",
+              help="Float islands of --int8: comma list of first, last, time_embedding or fnmatch patterns on layer "
+                   "names; 'none' quantizes every layer (default: first,last,time_embedding).")
+@click.option("--int8-stream", is_flag=True,
+              help="Quantize the residual stream too (conv outputs, residual adds, skip concats), as NNCF "
+                   "does: faster on OpenVINO, lower fidelity (--profile ov-cpu; see BENCHMARKS.md #17).")
 @click.option("--cache", is_flag=True, help="Feature caching (DeepCache for UNets, block caching for DiTs).")
 @click.option("--cache-schedule", type=click.Choice(CACHE_SCHEDULES), default=None,
               help="Refresh schedule: uniform, CacheQuant's dp, BAC, or HarmoniCa's learned router. "
@@ -189,6 +195,10 @@ def compress(model, out, sampler, steps, guidance, seed, config_path, int8, cach
                              sampler_follows_schedule=not sampler_given and opts["step_plan"] is None,
                              steps_follow_model=click.get_current_context().get_parameter_source("steps")
                              == click.core.ParameterSource.DEFAULT and opts["step_plan"] is None)
+    needs_int8 = [flag for flag, given in (("--int8-stream", opts["int8_stream"]),
+                                           ("--keep-float", opts["keep_float"] is not None)) if given]
+    if needs_int8 and not int8:
+        raise DmcError(f"{needs_int8[0]} shapes an INT8 graph: it needs --int8")
     if opts["fidelity_floor"] is not None and not math.isfinite(opts["fidelity_floor"]):
         raise DmcError(f"--fidelity-floor must be a finite number of dB, got {opts['fidelity_floor']}")
     if opts.get("size"):

@@ -246,3 +246,104 @@ def test_compare_backends_recommends_the_fastest_that_reproduces(ov_int8_artifac
     monkeypatch.setattr(backends, "_images", lambda t, n, s: real(t, n, s) + (0.5 if t.info["backend"] == "onnxruntime" else 0))
     r = backends.compare_backends(str(ov_int8_artifact), repeats=1, warmup=0, threads=1)
     assert not r["backends"]["onnxruntime"]["reproduces"] and r["recommended"] == "openvino"
+
+
+def _stream_model():
+    """c1 -> h; c2(h) -> h2; r = h + h2; n = norm(r); c3(n) -> y: h, h2, r and n are the residual stream."""
+    rng = np.random.default_rng(5)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3, "c1.weight"),
+             numpy_helper.from_array(rng.standard_normal((8, 8, 3, 3)).astype(np.float32) * 0.2, "c2.weight"),
+             numpy_helper.from_array(rng.standard_normal((4, 8, 3, 3)).astype(np.float32) * 0.2, "c3.weight")]
+    inits += [numpy_helper.from_array(rng.standard_normal(c).astype(np.float32), f"c{i}.bias")
+              for i, c in ((1, 8), (2, 8), (3, 4))]
+    nodes = [helper.make_node("Conv", ["sample", "c1.weight", "c1.bias"], ["h"], pads=[1] * 4, name="c1"),
+             helper.make_node("Conv", ["h", "c2.weight", "c2.bias"], ["h2"], pads=[1] * 4, name="c2"),
+             helper.make_node("Add", ["h", "h2"], ["r"], name="residual"),
+             helper.make_node("InstanceNormalization", ["r", "in.scale", "in.bias"], ["n"], name="norm"),
+             helper.make_node("Conv", ["n", "c3.weight", "c3.bias"], ["y"], pads=[1] * 4, name="c3")]
+    inits += [numpy_helper.from_array(np.ones(8, np.float32), "in.scale"),
+              numpy_helper.from_array(np.zeros(8, np.float32), "in.bias")]
+    graph = helper.make_graph(nodes, "stream", [helper.make_tensor_value_info("sample", TensorProto.FLOAT, ["n", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, 8, 8])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def _quantize_stream(keep_float=()):
+    from dmc.quantize.stream import quantize_stream
+
+    cfg = QuantizeConfig(op_types=("Conv",), keep_float=keep_float, profile="ov-cpu", residual_stream=True)
+    prof = get_profile("ov-cpu")
+    prep = qdq.prepare_graph(_stream_model(), cfg, prof)
+    batches = [{"sample": np.random.default_rng(2).standard_normal((4, 3, 8, 8)).astype(np.float32)}]
+    params = qdq.activation_params(qdq.record_stats(prep, batches, 0), cfg, prof)
+    qm = qdq.build_qdq(prep, params, prof, cfg.op_types)
+    qdq.privatize_dq(qm, set(prep.layers))
+    added = quantize_stream(qm, prep.stream, params)
+    return qm, prep, params, prof, batches, added
+
+
+def test_residual_stream_quantizes_conv_outputs_and_adds_with_one_shared_pair_each():
+    qm, prep, params, prof, batches, added = _quantize_stream()
+    assert sorted(prep.stream) == ["h", "h2", "n", "r"]  # y is the graph output: never quantized
+    assert added == 2  # h and n already had a pair as conv inputs; h2 and r get their own
+    producers = {o: n for n in qm.graph.node for o in n.output}
+    for n in qm.graph.node:  # every reader of a stream tensor (but its quantizer) reads the shared DQ
+        for t in n.input:
+            if t in prep.stream:
+                assert n.op_type == "QuantizeLinear", (n.name, t)
+    add = next(n for n in qm.graph.node if n.op_type == "Add")
+    assert all(producers[i].op_type == "DequantizeLinear" for i in add.input)
+    assert check_profile(qm, "ov-cpu", residual_stream=True) == []
+    assert qdq.verify_scales(qm, prep, params, prof) == []
+    assert any("is not an input of a quantized layer" in p for p in check_profile(qm, "ov-cpu"))  # not asked for
+    assert any("is not an input of a quantized layer" in p for p in check_profile(qm, "trt", residual_stream=True))
+    onnx.checker.check_model(qm)
+    fp, q = _run_ort(_stream_model(), batches[0]), _run_ort(qm, batches[0])
+    assert np.sqrt(np.mean((q - fp) ** 2)) / np.sqrt(np.mean(fp ** 2)) < 0.05
+    # a float island's output stays float: with c1 kept float, h is not in the stream
+    island = _quantize_stream(keep_float=("first",))
+    assert "h" not in island[1].stream and "r" in island[1].stream
+
+
+def test_residual_stream_is_refused_where_the_profile_does_not_allow_it():
+    from dmc.errors import DmcError
+
+    with pytest.raises(DmcError, match="needs the ov-cpu profile"):
+        QuantizeConfig(profile="ort-cpu", residual_stream=True)
+
+
+@needs_openvino
+def test_openvino_reproduces_residual_stream_graph_per_call():
+    from dmc.runtimes.openvino_executor import _ov
+
+    ov = _ov()
+    qm, *_, batches, _ = _quantize_stream()
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(qm.SerializeToString(), b""), "CPU",
+                                  {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1})
+    got = compiled(batches[0])[0]
+    want = _run_ort(qm, batches[0])
+    snr = 10 * np.log10(np.mean(want ** 2) / np.mean((want - got) ** 2))
+    assert snr > 40, snr
+
+
+@pytest.mark.slow
+@needs_openvino
+def test_residual_stream_artifact_verifies_and_runs_on_openvino_like_onnxruntime(tmp_path):
+    from dmc.compress.pipeline import CompileOptions, compile_model
+    from dmc.quantize import describe
+    from dmc.runtimes import load
+    from dmc.sampling import Recipe
+
+    art = compile_model("demo", tmp_path / "stream.dmc", CompileOptions(
+        recipe=Recipe(steps=10, guidance=2.0), verify_images=2,
+        passes=[QuantizeConfig(profile="ov-cpu", num_samples=32, residual_stream=True)]))
+    pipe = load(art, threads=1)
+    record = next(p for p in pipe.manifest.data["passes"] if p["name"] == "quantize")
+    stream = record["graphs"]["full"]["residual_stream"]
+    assert stream["tensors"] > 20 and stream["pairs_added"] > 0 and record["config"]["residual_stream"] is True
+    assert describe(art)["graphs"]["full"]["profile_problems"] == []
+    assert pipe.manifest.data["verification"]["psnr_db"] >= 25  # its own floor, on OpenVINO
+    ref = load(art, backend="onnxruntime", threads=1).sample(4, seed=0)
+    psnr = 10 * np.log10(4.0 / np.mean((ref - pipe.sample(4, seed=0)) ** 2))
+    assert psnr > 35, psnr

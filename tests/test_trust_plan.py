@@ -17,7 +17,8 @@ def test_int8_with_cache_implies_correction_for_api_users():
     assert [type(c) for c in complete_plan([QuantizeConfig()])] == [QuantizeConfig]
 
 
-def test_cli_seed_reaches_the_quantize_config(tmp_path, monkeypatch, run_cli):
+def _planned(monkeypatch, run_cli, tmp_path, *flags) -> list:
+    """The pass configs ``dmc compress demo FLAGS`` would compile with (the compile itself is skipped)."""
     from dmc.compress import pipeline
 
     seen = {}
@@ -27,26 +28,24 @@ def test_cli_seed_reaches_the_quantize_config(tmp_path, monkeypatch, run_cli):
         raise SystemExit(0)
 
     monkeypatch.setattr(pipeline, "compile_model", capture)
-    run_cli("compress", "demo", "--out", tmp_path / "x.dmc", "--int8", "--cache", "--seed", "7")
-    quant = [c for c in seen["passes"] if type(c).__name__ == "QuantizeConfig"]
-    assert quant and quant[0].seed == 7
-    assert [type(c).__name__ for c in seen["passes"]][-1] == "CorrectConfig"
+    run_cli("compress", "demo", "--out", tmp_path / "x.dmc", *flags)
+    return seen["passes"]
+
+
+def _quantize_config(monkeypatch, run_cli, tmp_path, *flags):
+    return next(c for c in _planned(monkeypatch, run_cli, tmp_path, *flags) if type(c).__name__ == "QuantizeConfig")
+
+
+def test_cli_seed_reaches_the_quantize_config(tmp_path, monkeypatch, run_cli):
+    passes = _planned(monkeypatch, run_cli, tmp_path, "--int8", "--cache", "--seed", "7")
+    assert next(c for c in passes if type(c).__name__ == "QuantizeConfig").seed == 7
+    assert [type(c).__name__ for c in passes][-1] == "CorrectConfig"
 
 
 @pytest.mark.parametrize("flags, want", [((), None), (("--int8-attention",), True), (("--no-int8-attention",), False)])
 def test_cli_int8_attention_reaches_the_quantize_config(tmp_path, monkeypatch, run_cli, flags, want):
-    from dmc.compress import pipeline
-
-    seen = {}
-
-    def capture(source, out, options):
-        seen["passes"] = options.passes
-        raise SystemExit(0)
-
-    monkeypatch.setattr(pipeline, "compile_model", capture)
-    run_cli("compress", "demo", "--out", tmp_path / "x.dmc", "--int8", "--profile", "ov-cpu", *flags)
-    quant = [c for c in seen["passes"] if type(c).__name__ == "QuantizeConfig"]
-    assert quant[0].profile == "ov-cpu" and quant[0].attention_matmuls is want  # None: the profile decides
+    quant = _quantize_config(monkeypatch, run_cli, tmp_path, "--int8", "--profile", "ov-cpu", *flags)
+    assert quant.profile == "ov-cpu" and quant.attention_matmuls is want  # None: the profile decides
 
 
 def test_with_seed_follows_the_recipe():
@@ -73,3 +72,23 @@ def test_pass_warnings_reach_the_manifest_and_the_terminal(tmp_path, monkeypatch
     assert code == 0, err
     assert json.loads((tmp_path / "w.dmc" / "manifest.json").read_text())["warnings"] == ["INT8 coverage is low (test)"]
     assert "dmc: warning: INT8 coverage is low (test)" in err
+
+
+@pytest.mark.parametrize("flags, want", [((), False), (("--int8-stream",), True)])
+def test_cli_int8_stream_reaches_the_quantize_config(tmp_path, monkeypatch, run_cli, flags, want):
+    assert _quantize_config(monkeypatch, run_cli, tmp_path, "--int8", "--profile", "ov-cpu", *flags).residual_stream is want
+
+
+@pytest.mark.parametrize("flags, want", [((), ("first", "last", "time_embedding")), (("--keep-float", "none"), ()),
+                                         (("--keep-float", "first, *attn1*"), ("first", "*attn1*"))])
+def test_cli_keep_float_reaches_the_quantize_config(tmp_path, monkeypatch, run_cli, flags, want):
+    assert _quantize_config(monkeypatch, run_cli, tmp_path, "--int8", *flags).keep_float == want
+
+
+@pytest.mark.parametrize("flags, message", [(("--int8-stream",), "needs --int8"),
+                                            (("--keep-float", "none"), "needs --int8"),
+                                            (("--int8", "--int8-stream"), "needs the ov-cpu profile")])
+def test_cli_int8_stream_refuses_what_it_cannot_do_in_one_line(tmp_path, run_cli, flags, message):
+    code, out, err = run_cli("compress", "demo", "--out", tmp_path / "x.dmc", *flags)
+    assert code != 0 and message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "x.dmc").exists()

@@ -23,7 +23,8 @@ def plan_passes(int8: bool = False, cache: bool = False, seed: int = 0, prune: f
                 calibration: str = "ndtc", calib_samples: int = 256, calib_budget: float | None = None,
                 scale_groups: int = 1, profile: str = "ort-cpu", step_plan: str | None = None,
                 calls: int | None = None, search_candidates: int | None = None,
-                ems_in_search: bool | None = None, int8_attention: bool | None = None) -> list:
+                ems_in_search: bool | None = None, int8_attention: bool | None = None,
+                int8_stream: bool = False, keep_float: str | None = None) -> list:
     """Pass configs for the high-level options (``None``: the config's own default)."""
     passes = []
     if step_plan is not None:
@@ -49,11 +50,18 @@ def plan_passes(int8: bool = False, cache: bool = False, seed: int = 0, prune: f
     if int8:
         from dmc.quantize import QuantizeConfig
 
+        islands = {} if keep_float is None else {"keep_float": parse_keep_float(keep_float)}
         passes.append(QuantizeConfig(calibration=calibration, num_samples=calib_samples,
                                      scale_groups=scale_groups, profile=profile, seed=seed,
                                      calibration_budget_s=calib_budget or None,
-                                     attention_matmuls=int8_attention))
+                                     attention_matmuls=int8_attention, residual_stream=int8_stream, **islands))
     return complete_plan(passes)
+
+
+def parse_keep_float(text: str) -> tuple:
+    """``--keep-float``'s comma list (``none``: every layer is quantized)."""
+    words = tuple(w.strip() for w in text.split(",") if w.strip())
+    return () if words == ("none",) else words
 
 
 def plan_from_options(int8: bool, cache: bool, seed: int, options: dict) -> list:

@@ -31,6 +31,8 @@ def describe(artifact_root: str | Path) -> dict:
     manifest = read_manifest(artifact_root, verify=False)
     target = manifest.data.get("target")
     profile = target if target in PROFILES else None
+    quantize = next((p for p in manifest.data.get("passes", []) if p.get("name") == "quantize"), {})
+    stream = bool(quantize.get("config", {}).get("residual_stream"))
     out = {"target": target, "precision": manifest.data.get("precision"), "graphs": {}}
     for name, info in manifest.graphs.items():
         if info.get("precision") != "int8" and name not in {c.graph for c in manifest.calls}:
@@ -41,7 +43,8 @@ def describe(artifact_root: str | Path) -> dict:
         entry = {
             "precision": info.get("precision"),
             "profile": profile,
-            "profile_problems": (check_profile(model, profile) if profile and info.get("precision") == "int8" else []),
+            "profile_problems": (check_profile(model, profile, stream) if profile and info.get("precision") == "int8"
+                                 else []),
             "coverage": cov,
             "requested": requested(model),
             "summary": summary_line(cov),

@@ -14,6 +14,7 @@ from dmc.quantize.coverage import coverage as ort_coverage
 from dmc.quantize.coverage import requested as requested_int8
 from dmc.quantize.config import QuantizeConfig
 from dmc.quantize.profiles import check_profile, get_profile
+from dmc.quantize.stream import quantize_stream
 
 # Verification compares the INT8 artifact with the FP32 torch pipeline. Measured on the demo models
 # (DDIM 20, guidance 2, NDTC 256): 33-38 dB paired PSNR (BENCHMARKS.md); a broken quantizer
@@ -111,12 +112,13 @@ def quantize(ctx, cfg: QuantizeConfig) -> None:
             qmodel = qdq.build_qdq(prep, params, profile, cfg.op_types)
             if profile.private_dq:
                 qdq.privatize_dq(qmodel, set(prep.layers))
+            stream_pairs = quantize_stream(qmodel, prep.stream, params)
             mismatch = qdq.verify_scales(qmodel, prep, params, profile)
             ops = ("Gemm", "MatMul") if profile.backend == "tensorrt" else ("Conv", "ConvTranspose", "Gemm", "MatMul")
             weight_only = qdq.add_weight_only(qmodel, prep, ops, cfg.weight_only_islands)
             if mismatch:
                 raise DmcError(f"quantize: ONNX Runtime did not write dmc's scales into {variant}: {mismatch[0]}")
-            problems = check_profile(qmodel, profile)
+            problems = check_profile(qmodel, profile, cfg.residual_stream)
             cov = ort_coverage(qmodel)
             req = requested_int8(qmodel)
             for cat, n in req.items():
@@ -139,6 +141,7 @@ def quantize(ctx, cfg: QuantizeConfig) -> None:
                 "calibration_calls": rows,
                 "calibration_rows": int(sum(cset.rows(k) for k in rows)),
                 "quantized_layers": len(prep.layers),
+                "residual_stream": {"tensors": len(prep.stream), "pairs_added": stream_pairs},
                 "float_islands": prep.islands,
                 "weight_only_int8": weight_only,
                 "split_convs": [s["weight"] for s in prep.splits],

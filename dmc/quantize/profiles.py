@@ -27,6 +27,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from dmc.quantize.stream import STREAM_OPS, is_stream_pair
+
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 INTEGER_OPS = ("QLinearConv", "ConvInteger", "MatMulInteger", "QLinearMatMul", "DynamicQuantizeLinear",
                "QGemm", "QLinearAdd", "QLinearMul", "QLinearSoftmax", "QAttention", "DynamicQuantizeMatMul",
@@ -51,6 +53,9 @@ class Profile:
     # VNNI gains nothing on QLinearMatMul and its QLinearSoftmax costs 8x the float softmax
     # (BENCHMARKS.md #17), so ort-cpu keeps attention float.
     attention_int8: bool = False
+    # Whether ``residual_stream`` (shared Q/DQ on conv outputs, residual adds and skip concats,
+    # ``dmc.quantize.stream``) is a valid graph of this profile; measured on OpenVINO only.
+    allows_residual_stream: bool = False
 
     @property
     def weight_qmax(self) -> int:
@@ -61,7 +66,7 @@ PROFILES = {
     "ort-cpu": Profile("ort-cpu", "uint8", False, True, True, True),
     "trt": Profile("trt", "int8", True, False, False, False, backend="tensorrt"),
     "ov-cpu": Profile("ov-cpu", "int8", True, False, False, False, private_dq=True, backend="openvino",
-                      attention_int8=True),
+                      attention_int8=True, allows_residual_stream=True),
 }
 
 
@@ -99,8 +104,10 @@ def _qdq_dtype(node: onnx.NodeProto, inits: dict) -> int | None:
     return onnx.TensorProto.UINT8 if node.op_type == "QuantizeLinear" else None
 
 
-def check_profile(model: onnx.ModelProto, profile: str | Profile) -> list[str]:
-    """Problems that keep ``model`` from being a valid graph of ``profile`` (empty list = valid)."""
+def check_profile(model: onnx.ModelProto, profile: str | Profile, residual_stream: bool = False) -> list[str]:
+    """Problems that keep ``model`` from being a valid graph of ``profile`` (empty list = valid).
+    ``residual_stream``: the graph was compiled with one (``QuantizeConfig.residual_stream``), so
+    shared pairs on stream tensors are intended, not ONNX Runtime's shared placement."""
     prof = get_profile(profile)
     problems: list[str] = []
     graph = model.graph
@@ -185,8 +192,13 @@ def check_profile(model: onnx.ModelProto, profile: str | Profile) -> list[str]:
             return True
         return n.op_type in WEIGHT_OPS and any(
             dequantized(i) and producers[i].input[0] in inits for i in n.input[1:2])
+    def stream_pair(q) -> bool:  # a residual-stream pair every reader shares (dmc.quantize.stream)
+        src = producers.get(q.input[0])
+        return (residual_stream and prof.allows_residual_stream and src is not None
+                and src.op_type in STREAM_OPS and is_stream_pair(q, consumers))
+
     for node in graph.node:
-        if node.op_type != "QuantizeLinear" or node.input[0] in inits:
+        if node.op_type != "QuantizeLinear" or node.input[0] in inits or stream_pair(node):
             continue
         t = node.input[0]
         dqs = [d for d in consumers.get(node.output[0], []) if d.op_type == "DequantizeLinear"]
@@ -203,6 +215,8 @@ def check_profile(model: onnx.ModelProto, profile: str | Profile) -> list[str]:
                 continue
             q = producers.get(node.input[0])
             src = producers.get(q.input[0]) if q is not None else None
+            if q is not None and stream_pair(q):
+                continue
             if src is not None and is_layer(src) and not (src.op_type in ("Conv", "ConvTranspose", "Gemm")
                                                           and len(src.input) > 2 and src.input[2]):
                 continue  # a bias-free quantized layer's output keeps one shared pair (see qdq.privatize_dq)

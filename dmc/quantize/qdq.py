@@ -33,6 +33,7 @@ from dmc.export.external import WeightsWriter, save_model, serialize
 from dmc.quantize.profiles import Profile, weight_axis
 from dmc.quantize.ranges import ActivationStats, QParams, quantize_weights, weight_scales
 from dmc.quantize.split import SPLIT_TAG, split_concat_convs
+from dmc.quantize.stream import stream_tensors
 from dmc.scratch import scratch_folder
 
 # Conditioning-path layers (timestep / class / adaLN MLPs): per-sample vectors, negligible compute,
@@ -58,7 +59,13 @@ class PreparedGraph:
     splits: list[dict] = field(default_factory=list)
     tensors: list[str] = field(default_factory=list)  # activation tensors to calibrate
     island_nodes: dict[str, str] = field(default_factory=dict)  # node name -> layer name of float islands
+    stream: list[str] = field(default_factory=list)  # residual-stream tensors (``residual_stream``)
     folder: Path | None = None
+
+    @property
+    def calibrated(self) -> list[str]:
+        """Every tensor that gets a range: the quantized layers' inputs, then the residual stream."""
+        return self.tensors + [t for t in self.stream if t not in self.tensors]
 
     def write(self, name: str) -> Path:
         """The graph as ``folder/<name>.onnx``, next to the weights its external data points at."""
@@ -257,6 +264,8 @@ def prepare_graph(model: onnx.ModelProto, cfg, profile: Profile, release=None) -
             if t not in tensors:
                 tensors.append(t)
     prepared.model, prepared.tensors = pre, tensors
+    if cfg.residual_stream:
+        prepared.stream = stream_tensors(pre, set(layers))
     prepared.island_nodes = {nm: la for nm, la in island_nodes.items() if nm in present}
     return prepared
 
@@ -279,7 +288,7 @@ def record_stats(prepared: PreparedGraph, batches: list[dict], seed: int,
     from dmc.runtimes.onnxruntime_executor import MEM_PATTERN_MAX_WEIGHT_BYTES
     from dmc.progress import bar
 
-    tensors = prepared.tensors
+    tensors = prepared.calibrated
     session = session_with_outputs(prepared.model, tensors, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
                                    folder=prepared.folder,
                                    mem_pattern=prepared.weight_bytes < MEM_PATTERN_MAX_WEIGHT_BYTES)
@@ -338,6 +347,7 @@ def build_qdq(prepared: PreparedGraph, params: dict[str, QParams], profile: Prof
 
     zp_type = np.uint8 if profile.activation_dtype == "uint8" else np.int8
     inits = {i.name for i in prepared.model.graph.initializer}
+    params = {t: p for t, p in params.items() if t in prepared.tensors}  # the stream's pairs are dmc's own
     overrides = {t: [{"scale": np.array(p.scale, dtype=np.float32), "zero_point": np.array(p.zero_point, dtype=zp_type)}]
                  for t, p in params.items()}
     ranges = TensorsData(CalibrationMethod.MinMax, {
