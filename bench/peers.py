@@ -6,8 +6,9 @@
     python bench/peers.py --build-mid out/peers-mid --mid-weights mid.safetensors   # trained (#17)
 
 ``--build-mid WORK`` compiles (once) the mid-size UNet (27.8 M parameters, class-conditional, DDIM 20,
-guidance 2) as six dmc artifacts under WORK (FP32; ``--int8`` and ``--int8 --cache`` for ONNX Runtime
-and with ``--profile ov-cpu`` for OpenVINO; ``--int8 --profile ov-cpu --int8-stream``) and compares those. With ``--mid-weights`` (a model trained by
+guidance 2) as seven dmc artifacts under WORK (FP32; ``--int8`` and ``--int8 --cache`` for ONNX Runtime
+and with ``--profile ov-cpu`` for OpenVINO; ``--int8 --profile ov-cpu --int8-stream``, also with
+``--keep-float none``) and compares those. With ``--mid-weights`` (a model trained by
 ``scripts/train_demo.py --model mid``) they are compiled as ``dmc compress`` compiles them and must pass
 their fidelity floor; without it bench_cache.py's random-weight model is used with the floor off (random
 weights make samples chaotic, so the PSNR column measures that chaos, not INT8 quality).
@@ -123,12 +124,15 @@ def build_mid(work: str, weights: str | None = None) -> dict[str, str]:
     from dmc.compress.plan import plan_passes
 
     wanted = {"fp32": "fp32", "int8": "int8", "int8_ov": "int8 ov-cpu", "int8_ov_stream": "int8 ov-cpu stream",
-              "int8_cache": "int8 cache", "int8_cache_ov": "int8 cache ov-cpu"}
+              "int8_ov_stream_all": "int8 ov-cpu stream all", "int8_cache": "int8 cache",
+              "int8_cache_ov": "int8 cache ov-cpu"}
     if weights:
         budget = {"calib_budget": 45.0}  # the CLI's default
         specs = {"fp32": [], "int8": plan_passes(int8=True, **budget),
                  "int8 ov-cpu": plan_passes(int8=True, profile="ov-cpu", **budget),
                  "int8 ov-cpu stream": plan_passes(int8=True, profile="ov-cpu", int8_stream=True, **budget),
+                 "int8 ov-cpu stream all": plan_passes(int8=True, profile="ov-cpu", int8_stream=True,
+                                                       keep_float="none", **budget),
                  "int8 cache": plan_passes(int8=True, cache=True, **budget),
                  "int8 cache ov-cpu": plan_passes(int8=True, cache=True, profile="ov-cpu", **budget)}
         source, preset = str(weights), None
@@ -139,6 +143,8 @@ def build_mid(work: str, weights: str | None = None) -> dict[str, str]:
         specs["int8 ov-cpu"] = [QuantizeConfig(profile="ov-cpu", num_samples=4, batch_size=4), bench_cache.LatencyOnly()]
         specs["int8 ov-cpu stream"] = [QuantizeConfig(profile="ov-cpu", num_samples=4, batch_size=4, residual_stream=True),
                                        bench_cache.LatencyOnly()]
+        specs["int8 ov-cpu stream all"] = [QuantizeConfig(profile="ov-cpu", num_samples=4, batch_size=4,
+                                                          residual_stream=True, keep_float=()), bench_cache.LatencyOnly()]
         specs["int8 cache"] = specs["cache DP + int8, joint + DEC"]
         cache, _, correct, latency_only = specs["int8 cache"]
         specs["int8 cache ov-cpu"] = [cache, QuantizeConfig(profile="ov-cpu", num_samples=4, batch_size=4),
